@@ -1,0 +1,84 @@
+"""The upstream contract: publish/subscribe at a broker for the core; report what the broker does."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Upstream", "UpstreamEvents", "Will"]
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """A last-will message as the broker should publish it."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+
+
+class UpstreamEvents(Protocol):
+    """What a bridge reports back; ``client_id`` is None for the shared (aggregating) connection."""
+
+    def on_broker_message(
+        self, client_id: str | None, topic: str, payload: bytes, qos: int, retain: bool
+    ) -> None:
+        """A PUBLISH arrived from the broker."""
+
+    def on_publish_done(self, token: int, ok: bool) -> None:
+        """The broker acknowledged (ok) or we gave up on (not ok) the publish with ``token``."""
+
+    def on_connection(self, client_id: str | None, connected: bool, return_code: int) -> None:
+        """A broker connection came up (return_code 0) or went down / was refused."""
+
+
+class Upstream(ABC):
+    """A bridge to one MQTT broker: aggregating (one connection) or transparent (one per node).
+
+    Every method but ``start``/``close`` is synchronous and never blocks: work is queued and
+    written in batches. QoS 1/2 publishes are held (bounded) while the broker is away and sent
+    after reconnect; the outcome is reported through ``UpstreamEvents.on_publish_done(token)``.
+    """
+
+    @abstractmethod
+    async def start(self, events: UpstreamEvents) -> None:
+        """Connect (or begin connecting, with backoff) and start reporting events."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush what can be flushed and disconnect cleanly."""
+
+    @abstractmethod
+    def publish(
+        self,
+        client_id: str | None,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        token: int | None = None,
+    ) -> None:
+        """Publish for a node (transparent) or for all (aggregating); QoS > 0 needs a token."""
+
+    @abstractmethod
+    def subscribe(self, client_id: str | None, topic_filter: str, qos: int) -> None:
+        """Subscribe; in aggregating mode repeated filters are reference-counted."""
+
+    @abstractmethod
+    def unsubscribe(self, client_id: str | None, topic_filter: str) -> None:
+        """Drop one reference to a subscription; unsubscribe at the broker when none is left."""
+
+    def open_session(
+        self, client_id: str, clean_session: bool, will: Will | None, keepalive: int
+    ) -> None:
+        """Transparent mode: open the node's own connection; reports on_connection(client_id)."""
+
+    def close_session(self, client_id: str, fire_will: bool) -> None:
+        """Transparent mode: close the node's connection; without DISCONNECT when ``fire_will``."""
+
+    @property
+    @abstractmethod
+    def connected(self) -> bool:
+        """True while the (shared) broker connection is up."""

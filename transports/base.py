@@ -1,0 +1,78 @@
+"""The transport contract: deliver (address, frame) up, send frames down; nothing MQTT-SN beyond framing."""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+__all__ = [
+    "Address",
+    "FrameSink",
+    "LinkEvent",
+    "LinkEventSink",
+    "Transport",
+    "UdpAddress",
+]
+
+# Any frozen, hashable value naming a peer on one transport (UdpAddress, XBeeAddress, BleAddress...).
+Address = Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class UdpAddress:
+    """A UDP peer; ``host`` is the textual IP address as the socket reports it."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class LinkEvent(enum.Enum):
+    """Link-level news a transport reports about one peer."""
+
+    SEND_FAILED = "send-failed"  # the radio reported no delivery (e.g. XBee Transmit Status != 0)
+    LINK_DOWN = "link-down"  # the peer's link went away (BLE disconnect)
+    LINK_UP = "link-up"  # the peer's link came (back) up
+
+
+FrameSink = Callable[[Address, bytes], None]
+LinkEventSink = Callable[[Address, LinkEvent], None]
+
+
+class Transport(ABC):
+    """One medium (UDP, XBee, serial, BLE) that carries whole MQTT-SN frames.
+
+    Lifecycle: ``await start(deliver, on_event)`` then ``send``/``broadcast`` (never block the
+    loop: they queue), then ``await close()``. ``deliver`` is called once per received frame, in
+    arrival order per peer.
+    """
+
+    name: str = "transport"
+
+    @abstractmethod
+    async def start(self, deliver: FrameSink, on_event: LinkEventSink | None = None) -> None:
+        """Open the medium and begin delivering frames."""
+
+    @abstractmethod
+    def send(self, address: Address, frame: bytes) -> None:
+        """Queue one frame for one peer."""
+
+    @abstractmethod
+    def broadcast(self, frame: bytes, radius: int = 0) -> None:
+        """Queue one frame for every peer in reach (multicast, radio broadcast); may be a no-op."""
+
+    @abstractmethod
+    def max_frame_size(self, address: Address | None = None) -> int:
+        """The largest frame this medium carries to ``address`` (or to anyone, for ``None``)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop delivering, flush what can be flushed, release the medium."""
+
+    def owns(self, address: Address) -> bool:
+        """True when ``address`` belongs to this transport (used to route replies)."""
+        return False
