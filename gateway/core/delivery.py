@@ -1,0 +1,340 @@
+"""Downlink: broker messages to nodes, REGISTER before PUBLISH, one QoS 1/2 in flight, retries.
+
+A mixin of ``GatewayCore`` (engine.py), kept apart because it is the other half of the flow:
+fan-out by subscription, per-node queues (bounded; they are also the sleeping-node buffer), the
+gateway-originated REGISTER / PUBLISH / PUBREL with T_RETRY and N_RETRY, and the wake-up flush
+that ends with PINGRESP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
+
+from gateway.core.actions import Action
+from gateway.core.delivery_queue import Delivery, QueueBudget, enqueue, take
+from gateway.core.session import ClientSession, Event, OutboundInflight, SessionState
+from gateway.core.settings import CoreSettings
+from gateway.core.subscriptions import SubscriptionIndex
+from gateway.protocol.constants import QoS, ReturnCode, TopicIdType
+from gateway.protocol.messages import (
+    Message,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Regack,
+    Register,
+)
+
+if TYPE_CHECKING:
+    from gateway.core.timers import TimerHeap
+
+__all__ = ["DeliveryMixin"]
+
+_LOGGER = logging.getLogger(__name__)
+
+S = SessionState
+_PERSISTENT_QUEUE = (S.ASLEEP, S.AWAKE, S.CONNECTING, S.DISCONNECTED, S.LOST)
+
+
+class DeliveryMixin:
+    """Broker -> node half of ``GatewayCore``."""
+
+    settings: CoreSettings
+    sessions: dict[str, ClientSession]
+    index: SubscriptionIndex
+    budget: QueueBudget
+    counters: Counter[str]
+    _timers: TimerHeap
+    _predefined_by_name: dict[str, int]
+    _aggregating: bool
+
+    # Provided by GatewayCore.
+    def _session_at(self, address: Hashable) -> ClientSession | None: ...  # pragma: no cover
+    def _send(
+        self, session: ClientSession, message: Message, out: list[Action]
+    ) -> None: ...  # pragma: no cover
+    def _transition(self, session: ClientSession, event: Event) -> None: ...  # pragma: no cover
+    def _schedule_supervision(self, session: ClientSession) -> None: ...  # pragma: no cover
+    def _lose(
+        self, session: ClientSession, event: Event, reason: str, now: float, out: list[Action]
+    ) -> None: ...  # pragma: no cover
+
+    # ------------------------------------------------------------------ fan-out
+
+    def on_broker_message(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        now: float,
+        client_id: str | None = None,
+    ) -> list[Action]:
+        """A PUBLISH from the broker; ``client_id`` set in transparent mode (that node's link)."""
+        out: list[Action] = []
+        if client_id is not None:
+            session = self.sessions.get(client_id)
+            if session is not None:
+                granted = max(
+                    (q for f, cid, q in self.index.matches(topic) if cid == client_id), default=qos
+                )
+                self._deliver(
+                    session, Delivery(topic, payload, min(qos, granted), retain), now, out
+                )
+            return out
+        targets: dict[str, int] = {}
+        for topic_filter, cid, granted in self.index.matches(topic):
+            if retain:
+                # A retained PUBLISH answers a fresh SUBSCRIBE; route it only to the nodes that
+                # just subscribed to this filter, not to everyone already holding it.
+                session = self.sessions.get(cid)
+                if session is None or session.retained_until.get(topic_filter, 0.0) < now:
+                    continue
+            if granted > targets.get(cid, -1):
+                targets[cid] = granted
+        for cid, granted in targets.items():
+            session = self.sessions.get(cid)
+            if session is not None:
+                self._deliver(
+                    session, Delivery(topic, payload, min(qos, granted), retain), now, out
+                )
+        return out
+
+    def _deliver(
+        self, session: ClientSession, delivery: Delivery, now: float, out: list[Action]
+    ) -> None:
+        state = session.state
+        if (
+            (state is S.ACTIVE or state is S.AWAKE)
+            and session.inflight is None
+            and not session.queue
+        ):
+            self._send_delivery(session, delivery, now, out)
+            if state is S.AWAKE:
+                self._pump(session, now, out)
+            return
+        if state in _PERSISTENT_QUEUE or session.inflight is not None or session.queue:
+            if state in (S.DISCONNECTED, S.LOST) and delivery.qos == 0:
+                self.budget.count_drop("offline_qos0")
+                return
+            if not enqueue(session.queue, delivery, self.budget):
+                _LOGGER.info(
+                    "buffer full for %r: refused a message on %s", session.client_id, delivery.topic
+                )
+
+    # ------------------------------------------------------------------ sending
+
+    def _pump(self, session: ClientSession, now: float, out: list[Action]) -> None:
+        """Send queued deliveries while nothing is in flight; an awake node then gets PINGRESP."""
+        while (
+            session.inflight is None
+            and session.queue
+            and (session.state is S.ACTIVE or session.state is S.AWAKE)
+        ):
+            self._send_delivery(session, take(session.queue, self.budget), now, out)
+        if session.state is S.AWAKE and session.inflight is None and not session.queue:
+            # [§6.14] buffer empty: PINGRESP, and the node is asleep again; timer restarts.
+            self._send(session, Pingresp(), out)
+            self._transition(session, Event.FLUSHED)
+            session.last_rx = now
+            session.supervision_at = None
+            self._schedule_supervision(session)
+
+    def _send_delivery(
+        self, session: ClientSession, delivery: Delivery, now: float, out: list[Action]
+    ) -> None:
+        topic = delivery.topic
+        predefined = self._predefined_by_name.get(topic)
+        if predefined is not None:
+            topic_id, id_type = predefined, TopicIdType.PREDEFINED
+        else:
+            registered = session.registry.id_for(topic)
+            if registered is not None:
+                topic_id, id_type = registered, TopicIdType.NORMAL
+            elif len(topic) == 2 and len(topic.encode()) == 2:
+                topic_id, id_type = (ord(topic[0]) << 8) | ord(topic[1]), TopicIdType.SHORT_NAME
+            else:
+                # [§6.10] REGISTER first and hold the PUBLISH until the REGACK (P2).
+                new_id = session.registry.register(topic)
+                if new_id is None:
+                    self.budget.count_drop("topic_ids_exhausted")
+                    return
+                msg_id = session.allocate_msg_id()
+                self._start_inflight(
+                    session, OutboundInflight("register", msg_id, new_id, 0, delivery), now
+                )
+                self._send(session, Register(new_id, msg_id, topic), out)
+                return
+        if delivery.qos == 0:
+            self._send(
+                session,
+                Publish(
+                    topic_id, delivery.payload, QoS.AT_MOST_ONCE, 0, id_type, False, delivery.retain
+                ),
+                out,
+            )
+            return
+        msg_id = session.allocate_msg_id()
+        self._start_inflight(
+            session, OutboundInflight("publish", msg_id, topic_id, int(id_type), delivery), now
+        )
+        self._send(
+            session,
+            Publish(
+                topic_id,
+                delivery.payload,
+                QoS(delivery.qos),
+                msg_id,
+                id_type,
+                False,
+                delivery.retain,
+            ),
+            out,
+        )
+
+    def _start_inflight(
+        self, session: ClientSession, inflight: OutboundInflight, now: float
+    ) -> None:
+        inflight.deadline = now + self.settings.t_retry
+        session.inflight = inflight
+        self._timers.push(inflight.deadline, session.client_id, "retry")
+
+    def _requeue_inflight(self, session: ClientSession) -> None:
+        """Put an unacknowledged delivery back at the head of the queue (node went away)."""
+        inflight = session.inflight
+        session.inflight = None
+        if inflight is None or inflight.kind == "pubrel":
+            return  # after PUBREC the node has the message; nothing to deliver again
+        session.queue.appendleft(inflight.delivery)
+        self.budget.used += 1
+
+    def _finish_inflight(self, session: ClientSession, now: float, out: list[Action]) -> None:
+        session.inflight = None
+        self._pump(session, now, out)
+
+    # ------------------------------------------------------------------ acknowledgements
+
+    def _inflight_for(
+        self, address: Hashable, kind: str, msg_id: int, now: float
+    ) -> tuple[ClientSession, OutboundInflight] | None:
+        session = self._session_at(address)
+        if session is None:
+            return None
+        session.last_rx = now
+        inflight = session.inflight
+        if inflight is None or inflight.kind != kind or inflight.msg_id != msg_id:
+            # Unsolicited or late acknowledgement: counted and ignored (STYLE rule 9).
+            self.counters[f"unexpected_ack_{kind}"] += 1
+            return None
+        return session, inflight
+
+    def _on_regack(self, address: Hashable, msg: Regack, now: float, out: list[Action]) -> None:
+        found = self._inflight_for(address, "register", msg.msg_id, now)
+        if found is None:
+            return
+        session, inflight = found
+        session.inflight = None
+        if msg.return_code is ReturnCode.ACCEPTED:
+            self._send_delivery(session, inflight.delivery, now, out)
+        else:
+            # The node refused the topic: forget it and drop this delivery [§6.10].
+            session.registry.forget(inflight.topic_id)
+            self.budget.count_drop("register_rejected")
+        self._pump(session, now, out)
+
+    def _on_puback(self, address: Hashable, msg: Puback, now: float, out: list[Action]) -> None:
+        found = self._inflight_for(address, "publish", msg.msg_id, now)
+        if found is None:
+            return
+        session, inflight = found
+        if (
+            msg.return_code is ReturnCode.REJECTED_INVALID_TOPIC_ID
+            and inflight.topic_id_type == TopicIdType.NORMAL
+        ):
+            # The node lost our id (e.g. it rebooted): register again, then re-send (EMQX does).
+            session.registry.forget(inflight.topic_id)
+            session.queue.appendleft(inflight.delivery)
+            self.budget.used += 1
+        elif msg.return_code is not ReturnCode.ACCEPTED:
+            self.budget.count_drop("rejected_by_node")
+        self._finish_inflight(session, now, out)
+
+    def _on_pubrec(self, address: Hashable, msg: Pubrec, now: float, out: list[Action]) -> None:
+        session = self._session_at(address)
+        if (
+            session is not None
+            and session.inflight is not None
+            and session.inflight.kind == "pubrel"
+            and session.inflight.msg_id == msg.msg_id
+        ):
+            self._send(session, Pubrel(msg.msg_id), out)  # our PUBREL was lost
+            return
+        found = self._inflight_for(address, "publish", msg.msg_id, now)
+        if found is None:
+            return
+        session, inflight = found
+        inflight.kind = "pubrel"
+        inflight.retries = 0
+        self._start_inflight(session, inflight, now)
+        self._send(session, Pubrel(msg.msg_id), out)
+
+    def _on_pubcomp(self, address: Hashable, msg: Pubcomp, now: float, out: list[Action]) -> None:
+        found = self._inflight_for(address, "pubrel", msg.msg_id, now)
+        if found is None:
+            return
+        self._finish_inflight(found[0], now, out)
+
+    # ------------------------------------------------------------------ retransmission
+
+    def _check_retry(self, session: ClientSession, now: float, out: list[Action]) -> None:
+        inflight = session.inflight
+        if inflight is None or inflight.deadline > now:
+            if inflight is not None:
+                self._timers.push(inflight.deadline, session.client_id, "retry")
+            return
+        if inflight.retries >= self.settings.n_retry:
+            self._lose(
+                session,
+                Event.RETRY_EXHAUSTED,
+                f"{inflight.kind} unanswered after {inflight.retries} retries",
+                now,
+                out,
+            )
+            return
+        inflight.retries += 1
+        self.counters["retransmissions"] += 1
+        inflight.deadline = now + self.settings.t_retry
+        self._timers.push(inflight.deadline, session.client_id, "retry")
+        _LOGGER.info(
+            "%r: retransmitting %s (msg id %d, try %d)",
+            session.client_id,
+            inflight.kind,
+            inflight.msg_id,
+            inflight.retries,
+        )
+        delivery = inflight.delivery
+        if inflight.kind == "register":
+            self._send(session, Register(inflight.topic_id, inflight.msg_id, delivery.topic), out)
+        elif inflight.kind == "pubrel":
+            self._send(session, Pubrel(inflight.msg_id), out)
+        else:
+            # [§6.13] retransmitted PUBLISH: DUP set, same MsgId.
+            self._send(
+                session,
+                Publish(
+                    inflight.topic_id,
+                    delivery.payload,
+                    QoS(delivery.qos),
+                    inflight.msg_id,
+                    TopicIdType(inflight.topic_id_type),
+                    True,
+                    delivery.retain,
+                ),
+                out,
+            )

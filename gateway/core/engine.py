@@ -1,0 +1,823 @@
+"""The gateway brain: MQTT-SN 1.2 gateway behaviour as a pure state machine.
+
+Every input carries ``now`` (seconds, monotonic) and returns a list of actions; nothing here does
+I/O or reads a clock. ``next_deadline()`` says when the runtime must call ``tick(now)``.
+
+Everything that decides what a node is told lives here: sessions keyed by ClientId (matched
+exactly), the will handshake, topic ids, QoS flows, buffering for sleepers, keep-alive and sleep
+supervision, retransmission, ADVERTISE and GWINFO. Downlink delivery is in ``delivery.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.bridge.base import Will
+from gateway.core.actions import (
+    Action,
+    Broadcast,
+    CloseUpstreamSession,
+    OpenUpstreamSession,
+    PublishUpstream,
+    SendFrame,
+    SubscribeUpstream,
+    UnsubscribeUpstream,
+)
+from gateway.core.delivery import DeliveryMixin
+from gateway.core.delivery_queue import QueueBudget, discard_all
+from gateway.core.session import (
+    TRANSITIONS,
+    ClientSession,
+    Event,
+    SessionState,
+    StoredWill,
+    UplinkPending,
+)
+from gateway.core.settings import CoreSettings, Mode
+from gateway.core.subscriptions import SubscriptionIndex
+from gateway.core.timers import TimerHeap
+from gateway.core.topics import TopicRegistry, is_wildcard, valid_filter, valid_topic_name
+from gateway.protocol.constants import QoS, ReturnCode, TopicIdType
+from gateway.protocol.messages import (
+    Advertise,
+    Connack,
+    Connect,
+    Disconnect,
+    GwInfo,
+    Message,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Regack,
+    Register,
+    SearchGw,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+    WillMsg,
+    WillMsgReq,
+    WillMsgResp,
+    WillMsgUpd,
+    WillTopic,
+    WillTopicReq,
+    WillTopicResp,
+    WillTopicUpd,
+    id_to_short_name,
+)
+
+__all__ = ["CoreState", "GatewayCore"]
+
+_LOGGER = logging.getLogger(__name__)
+
+S = SessionState
+_CONNECTED = (S.ACTIVE, S.AWAKE)
+_MAX_UPLINK_PENDING = 32  # QoS 1/2 from one node awaiting the broker (spec allows 1; be lenient)
+
+
+@dataclass(slots=True)
+class CoreState:
+    """Everything the core must keep across a restart, as plain data."""
+
+    sessions: list[ClientSession] = field(default_factory=list)
+    tokens: dict[int, tuple[str, int]] = field(default_factory=dict)
+    next_token: int = 1
+
+
+class GatewayCore(DeliveryMixin):
+    """The I/O-free gateway engine (``receive`` / ``on_*`` / ``tick`` -> list of actions)."""
+
+    def __init__(self, settings: CoreSettings | None = None, state: CoreState | None = None):
+        self.settings = settings or CoreSettings()
+        s = self.settings
+        self.sessions: dict[str, ClientSession] = {}
+        self.by_address: dict[Hashable, str] = {}
+        self.index = SubscriptionIndex()
+        self.budget = QueueBudget(per_client=s.queue_per_client, total=s.queue_total)
+        self.counters: Counter[str] = Counter()
+        self.broker_up = False
+        self._timers = TimerHeap()
+        self._tokens: dict[int, tuple[str, int]] = {}
+        self._next_token = 1
+        self._next_advertise: float | None = None
+        self._gwinfo_last: dict[Hashable, float] = {}
+        self._gwinfo_allowance = s.gwinfo_per_second
+        self._gwinfo_checked = 0.0
+        self._predefined_by_name = {name: tid for tid, name in s.predefined.items()}
+        self._aggregating = s.mode is Mode.AGGREGATING
+        self._handlers: dict[type, Callable[[Hashable, Any, float, list[Action]], None]] = {
+            Publish: self._on_publish,
+            Puback: self._on_puback,
+            Pingreq: self._on_pingreq,
+            Connect: self._on_connect,
+            WillTopic: self._on_willtopic,
+            WillMsg: self._on_willmsg,
+            Register: self._on_register,
+            Regack: self._on_regack,
+            Pubrec: self._on_pubrec,
+            Pubrel: self._on_pubrel,
+            Pubcomp: self._on_pubcomp,
+            Subscribe: self._on_subscribe,
+            Unsubscribe: self._on_unsubscribe,
+            Disconnect: self._on_disconnect,
+            WillTopicUpd: self._on_willtopicupd,
+            WillMsgUpd: self._on_willmsgupd,
+            SearchGw: self._on_searchgw,
+        }
+        if state is not None:
+            self._load(state)
+
+    # ------------------------------------------------------------------ inputs
+
+    def receive(self, address: Hashable, message: Message, now: float) -> list[Action]:
+        """Handle one decoded frame from ``address``."""
+        out: list[Action] = []
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            # ADVERTISE/GWINFO from other gateways or nodes, and gateway-only messages.
+            self.counters[f"ignored_{type(message).__name__}"] += 1
+            return out
+        handler(address, message, now, out)
+        return out
+
+    def on_publish_done(self, token: int, ok: bool, now: float) -> list[Action]:
+        """The broker acknowledged (or we gave up on) the uplink publish with ``token``."""
+        out: list[Action] = []
+        entry = self._tokens.pop(token, None)
+        if entry is None:
+            return out
+        client_id, msg_id = entry
+        session = self.sessions.get(client_id)
+        pending = session.uplink.get(msg_id) if session else None
+        if session is None or pending is None:
+            return out
+        if not ok:
+            # Never tell a node "accepted" for what the broker did not take [§6.6: congestion].
+            del session.uplink[msg_id]
+            self.counters["uplink_refused_congestion"] += 1
+            self._send(
+                session, Puback(pending.topic_id, msg_id, ReturnCode.REJECTED_CONGESTION), out
+            )
+        elif pending.qos == 1:
+            del session.uplink[msg_id]
+            self._send(session, Puback(pending.topic_id, msg_id), out)
+        else:
+            pending.acked = True
+            self._send(session, Pubrec(msg_id), out)
+        return out
+
+    def on_broker_state(self, connected: bool, now: float) -> list[Action]:
+        """The shared broker connection came up or went down; ADVERTISE only while up [§6.1]."""
+        out: list[Action] = []
+        self.broker_up = connected
+        if connected and self.settings.t_adv > 0:
+            self._next_advertise = now
+            self._advertise(now, out)
+        elif not connected:
+            self._next_advertise = None
+        return out
+
+    def on_upstream_session(
+        self, client_id: str, ok: bool, return_code: int, now: float
+    ) -> list[Action]:
+        """Transparent mode: the node's own broker connection answered its CONNECT."""
+        out: list[Action] = []
+        session = self.sessions.get(client_id)
+        if session is None or session.state is not S.CONNECTING or session.will_stage != "upstream":
+            return out
+        session.will_stage = ""
+        if ok:
+            self._accept_connect(session, now, out)
+            return out
+        # Paho's mapping of MQTT refusals: server unavailable -> congestion, else not supported.
+        code = (
+            ReturnCode.REJECTED_CONGESTION
+            if return_code in (3, 0x88, 0x89, 0x97)
+            else (ReturnCode.REJECTED_NOT_SUPPORTED)
+        )
+        self._send(session, Connack(code), out)
+        self._transition(session, Event.REFUSED)
+        _LOGGER.warning(
+            "broker refused %r (code %s); CONNACK %s", client_id, return_code, code.name
+        )
+        self._forget(session, out)
+        return out
+
+    def on_send_failed(self, address: Hashable, now: float) -> list[Action]:
+        """The transport could not deliver to ``address``: retry the in-flight message sooner."""
+        session = self._session_at(address)
+        if session is not None and session.inflight is not None:
+            session.inflight.deadline = min(
+                session.inflight.deadline, now + min(1.0, self.settings.t_retry)
+            )
+            self._timers.push(session.inflight.deadline, session.client_id, "retry")
+        self.counters["send_failed"] += 1
+        return []
+
+    def tick(self, now: float) -> list[Action]:
+        """Run every timer due at ``now``: retransmissions, supervision, ADVERTISE."""
+        out: list[Action] = []
+        for client_id, kind in self._timers.pop_due(now):
+            session = self.sessions.get(client_id)
+            if session is None:
+                continue
+            if kind == "retry":
+                self._check_retry(session, now, out)
+            else:
+                self._check_supervision(session, now, out)
+        if self._next_advertise is not None and now >= self._next_advertise:
+            self._advertise(now, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` must next be called (None: only when something arrives)."""
+        earliest = self._timers.earliest()
+        if self._next_advertise is not None and (
+            earliest is None or self._next_advertise < earliest
+        ):
+            return self._next_advertise
+        return earliest
+
+    # ------------------------------------------------------------------ state
+
+    def export_state(self) -> CoreState:
+        """The core's state as plain data (for the state file)."""
+        return CoreState(list(self.sessions.values()), dict(self._tokens), self._next_token)
+
+    def _load(self, state: CoreState) -> None:
+        self._tokens = dict(state.tokens)
+        self._next_token = state.next_token
+        for session in state.sessions:
+            session.registry.predefined = self.settings.predefined
+            self.sessions[session.client_id] = session
+            self.by_address[session.address] = session.client_id
+            for topic_filter, qos in session.subscriptions.items():
+                self.index.add(topic_filter, session.client_id, qos)
+            self.budget.used += len(session.queue)
+            session.supervision_at = None
+            self._schedule_supervision(session)
+            if session.inflight is not None:
+                self._timers.push(session.inflight.deadline, session.client_id, "retry")
+
+    def upstream_subscriptions(self) -> list[tuple[str, int]]:
+        """Aggregating mode: every filter the shared connection must hold (after a restart)."""
+        return list(self.index.filters())
+
+    def __repr__(self) -> str:
+        states = Counter(s.state.name for s in self.sessions.values())
+        return (
+            f"<GatewayCore {self.settings.mode.value} sessions={dict(states)} "
+            f"buffered={self.budget.used} broker_up={self.broker_up}>"
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _session_at(self, address: Hashable) -> ClientSession | None:
+        client_id = self.by_address.get(address)
+        return self.sessions.get(client_id) if client_id is not None else None
+
+    def _send(self, session: ClientSession, message: Message, out: list[Action]) -> None:
+        out.append(SendFrame(session.address, message))
+
+    def _transition(self, session: ClientSession, event: Event) -> None:
+        new = TRANSITIONS.get((session.state, event))
+        if new is None:
+            raise AssertionError(f"no transition from {session.state.name} on {event.name}")
+        if new is not session.state:
+            _LOGGER.debug(
+                "%r: %s -> %s on %s", session.client_id, session.state.name, new.name, event.value
+            )
+        session.state = new
+
+    def _bind_address(self, session: ClientSession, address: Hashable) -> None:
+        """Sessions are keyed by ClientId; the address follows the node [§6.14, DESIGN §3]."""
+        if session.address != address:
+            if self.by_address.get(session.address) == session.client_id:
+                del self.by_address[session.address]
+            session.address = address
+        self.by_address[address] = session.client_id
+
+    def _schedule_supervision(self, session: ClientSession) -> None:
+        deadline = self._supervision_deadline(session)
+        if session.supervision_at is None or deadline < session.supervision_at:
+            session.supervision_at = deadline
+            self._timers.push(deadline, session.client_id, "sup")
+
+    def _supervision_deadline(self, session: ClientSession) -> float:
+        s = self.settings
+        if session.state is S.CONNECTING:
+            return session.last_rx + s.t_retry * (s.n_retry + 1)
+        if session.state is S.DISCONNECTED or session.state is S.LOST:
+            return session.last_rx + s.session_expiry
+        return session.supervision_deadline(s.keepalive_factor, s.sleep_factor)
+
+    def _new_token(self, client_id: str, msg_id: int) -> int:
+        token = self._next_token
+        self._next_token += 1
+        self._tokens[token] = (client_id, msg_id)
+        return token
+
+    def _uplink_topic(self, client_id: str, topic: str) -> str:
+        template = self.settings.uplink_topic_template
+        if template == "{topic}":
+            return topic
+        return template.format(client_id=client_id, topic=topic)
+
+    # ------------------------------------------------------------------ connect and will
+
+    def _on_connect(self, address: Hashable, msg: Connect, now: float, out: list[Action]) -> None:
+        session = self.sessions.get(msg.client_id)
+        if session is None:
+            if len(self.sessions) >= self.settings.max_clients:
+                self.counters["connect_refused_max_clients"] += 1
+                _LOGGER.warning(
+                    "CONNECT from %r at %s refused: max_clients reached", msg.client_id, address
+                )
+                out.append(SendFrame(address, Connack(ReturnCode.REJECTED_CONGESTION)))
+                return
+            registry = TopicRegistry(self.settings.predefined, self.settings.max_topics_per_client)
+            session = ClientSession(msg.client_id, address, registry)
+            self.sessions[msg.client_id] = session
+        previous = session.state
+        self._bind_address(session, address)
+        # CONNECT from asleep/awake with CleanSession=0 continues the session (P10): ids and the
+        # upstream connection stay; any other CONNECT is a new connection whose topic ids must be
+        # registered again before use (P3).
+        resume = previous in (S.ASLEEP, S.AWAKE) and not msg.clean_session
+        self._requeue_inflight(session)
+        if msg.clean_session:
+            self._clean(session, out)
+        elif not resume:
+            session.registry.clear()
+        session.keepalive = float(msg.duration) if msg.duration else self.settings.zero_keepalive
+        session.clean_session = msg.clean_session
+        session.last_rx = now
+        session.supervision_at = None
+        self._transition(session, Event.CONNECT)
+        self._schedule_supervision(session)
+        if msg.will:
+            session.will_stage = "topic"
+            self._send(session, WillTopicReq(), out)
+            return
+        self._finish_connect(session, now, out, renew_upstream=not resume)
+
+    def _finish_connect(
+        self, session: ClientSession, now: float, out: list[Action], renew_upstream: bool
+    ) -> None:
+        if not self._aggregating and renew_upstream:
+            session.will_stage = "upstream"
+            out.append(
+                OpenUpstreamSession(
+                    session.client_id,
+                    session.clean_session,
+                    self._will_of(session),
+                    int(session.keepalive),
+                )
+            )
+            return
+        session.will_stage = ""
+        self._accept_connect(session, now, out)
+
+    def _accept_connect(self, session: ClientSession, now: float, out: list[Action]) -> None:
+        self._send(session, Connack(ReturnCode.ACCEPTED), out)
+        self._transition(session, Event.CONNECTED)
+        session.last_rx = now
+        self._schedule_supervision(session)
+        _LOGGER.info(
+            "%r connected from %s (keep-alive %ss, clean=%s)",
+            session.client_id,
+            session.address,
+            int(session.keepalive),
+            session.clean_session,
+        )
+        self._pump(session, now, out)
+
+    def _will_of(self, session: ClientSession) -> Will | None:
+        will = session.will
+        if will is None or not will.topic:
+            return None
+        return Will(
+            self._uplink_topic(session.client_id, will.topic), will.message, will.qos, will.retain
+        )
+
+    def _on_willtopic(
+        self, address: Hashable, msg: WillTopic, now: float, out: list[Action]
+    ) -> None:
+        session = self._session_at(address)
+        if session is None or session.state is not S.CONNECTING:
+            return
+        session.last_rx = now
+        if session.will_stage == "msg":  # our WILLMSGREQ was lost; the node repeats WILLTOPIC
+            self._send(session, WillMsgReq(), out)
+            return
+        if session.will_stage != "topic":
+            return
+        if not msg.will_topic:
+            # Empty WILLTOPIC deletes the will; no WILLMSGREQ follows (P11).
+            session.will = None
+            self._finish_connect(session, now, out, renew_upstream=True)
+            return
+        session.will = StoredWill(msg.will_topic, b"", int(msg.qos), msg.retain)
+        session.will_stage = "msg"
+        self._send(session, WillMsgReq(), out)
+
+    def _on_willmsg(self, address: Hashable, msg: WillMsg, now: float, out: list[Action]) -> None:
+        session = self._session_at(address)
+        if session is None or session.state is not S.CONNECTING or session.will_stage != "msg":
+            return
+        assert session.will is not None
+        session.will.message = msg.will_msg
+        session.last_rx = now
+        self._finish_connect(session, now, out, renew_upstream=True)
+
+    def _on_willtopicupd(
+        self, address: Hashable, msg: WillTopicUpd, now: float, out: list[Action]
+    ) -> None:
+        session = self._connected_session(address, now, out)
+        if session is None:
+            return
+        if not msg.will_topic:
+            session.will = None  # empty WILLTOPICUPD deletes topic and message [§6.4]
+        else:
+            message = session.will.message if session.will else b""
+            session.will = StoredWill(msg.will_topic, message, int(msg.qos), msg.retain)
+        self._refresh_upstream_will(session, out)
+        self._send(session, WillTopicResp(ReturnCode.ACCEPTED), out)
+
+    def _on_willmsgupd(
+        self, address: Hashable, msg: WillMsgUpd, now: float, out: list[Action]
+    ) -> None:
+        session = self._connected_session(address, now, out)
+        if session is None:
+            return
+        if session.will is None:
+            session.will = StoredWill("", msg.will_msg)  # a message waiting for its topic
+        else:
+            session.will.message = msg.will_msg
+        self._refresh_upstream_will(session, out)
+        self._send(session, WillMsgResp(ReturnCode.ACCEPTED), out)
+
+    def _refresh_upstream_will(self, session: ClientSession, out: list[Action]) -> None:
+        # A live MQTT connection cannot change its will: the bridge reconnects the node's
+        # connection, keeping the broker session (clean_session False) [§6.4, reference §5.5].
+        if not self._aggregating:
+            out.append(
+                OpenUpstreamSession(
+                    session.client_id, False, self._will_of(session), int(session.keepalive)
+                )
+            )
+
+    # ------------------------------------------------------------------ topics and publish
+
+    def _connected_session(
+        self, address: Hashable, now: float, out: list[Action]
+    ) -> ClientSession | None:
+        """The ACTIVE/AWAKE session at ``address``; otherwise DISCONNECT the sender [§6.12]."""
+        session = self._session_at(address)
+        if session is None or session.state not in _CONNECTED:
+            self.counters["unattributable"] += 1
+            out.append(SendFrame(address, Disconnect()))
+            return None
+        session.last_rx = now
+        return session
+
+    def _on_register(self, address: Hashable, msg: Register, now: float, out: list[Action]) -> None:
+        session = self._connected_session(address, now, out)
+        if session is None:
+            return
+        if not valid_topic_name(msg.topic_name):
+            self._send(session, Regack(0, msg.msg_id, ReturnCode.REJECTED_NOT_SUPPORTED), out)
+            return
+        topic_id = session.registry.register(msg.topic_name)
+        if topic_id is None:
+            self.counters["register_refused_limit"] += 1
+            self._send(session, Regack(0, msg.msg_id, ReturnCode.REJECTED_CONGESTION), out)
+            return
+        self._send(session, Regack(topic_id, msg.msg_id, ReturnCode.ACCEPTED), out)
+
+    def _on_publish(self, address: Hashable, msg: Publish, now: float, out: list[Action]) -> None:
+        client_id = self.by_address.get(address)
+        session = self.sessions.get(client_id) if client_id is not None else None
+        qos = msg.qos
+        if qos is QoS.MINUS_ONE:
+            self._publish_minus_one(session, msg, out)
+            return
+        if session is None or session.state not in _CONNECTED:
+            self.counters["unattributable"] += 1
+            out.append(SendFrame(address, Disconnect()))
+            return
+        session.last_rx = now
+        topic = session.registry.resolve(msg.topic_id_type, msg.topic_id)
+        if topic is None:
+            # Any QoS, even 0: the node must learn its id is unknown (P25) [§6.6].
+            self.counters["publish_invalid_topic_id"] += 1
+            self._send(
+                session, Puback(msg.topic_id, msg.msg_id, ReturnCode.REJECTED_INVALID_TOPIC_ID), out
+            )
+            return
+        upstream_topic = self._uplink_topic(session.client_id, topic)
+        if qos is QoS.AT_MOST_ONCE:
+            out.append(PublishUpstream(session.client_id, upstream_topic, msg.data, 0, msg.retain))
+            return
+        pending = session.uplink.get(msg.msg_id)
+        if pending is not None:
+            # A retransmission (DUP) of what the broker is still taking, or a QoS 2 the broker
+            # already took: never publish twice; repeat the PUBREC if we sent one [§6.13].
+            self.counters["uplink_duplicate"] += 1
+            if pending.acked:
+                self._send(session, Pubrec(msg.msg_id), out)
+            return
+        if len(session.uplink) >= _MAX_UPLINK_PENDING:
+            self._send(
+                session, Puback(msg.topic_id, msg.msg_id, ReturnCode.REJECTED_CONGESTION), out
+            )
+            return
+        session.uplink[msg.msg_id] = UplinkPending(msg.msg_id, msg.topic_id, int(qos))
+        token = self._new_token(session.client_id, msg.msg_id)
+        out.append(
+            PublishUpstream(
+                session.client_id, upstream_topic, msg.data, int(qos), msg.retain, token
+            )
+        )
+
+    def _publish_minus_one(
+        self, session: ClientSession | None, msg: Publish, out: list[Action]
+    ) -> None:
+        # QoS -1 needs no connection; only pre-defined ids and short names [§6.8].
+        if msg.topic_id_type is TopicIdType.PREDEFINED:
+            topic = self.settings.predefined.get(msg.topic_id)
+        else:
+            try:
+                topic = id_to_short_name(msg.topic_id)
+            except UnicodeDecodeError:
+                topic = None
+        if topic is None:
+            self.counters["minus_one_unknown_topic"] += 1  # nothing can be reported back
+            return
+        client_id = session.client_id if session is not None else None
+        upstream_topic = self._uplink_topic(client_id, topic) if client_id else topic
+        out.append(
+            PublishUpstream(
+                client_id if not self._aggregating else client_id,
+                upstream_topic,
+                msg.data,
+                0,
+                msg.retain,
+            )
+        )
+
+    def _on_pubrel(self, address: Hashable, msg: Pubrel, now: float, out: list[Action]) -> None:
+        session = self._connected_session(address, now, out)
+        if session is None:
+            return
+        pending = session.uplink.get(msg.msg_id)
+        if pending is not None and not pending.acked:
+            return  # PUBREL before our PUBREC: the broker has not taken it yet
+        session.uplink.pop(msg.msg_id, None)
+        self._send(session, Pubcomp(msg.msg_id), out)  # idempotent for a repeated PUBREL
+
+    # ------------------------------------------------------------------ subscribe
+
+    def _on_subscribe(
+        self, address: Hashable, msg: Subscribe, now: float, out: list[Action]
+    ) -> None:
+        session = self._connected_session(address, now, out)
+        if session is None:
+            return
+        name, reply_id, code = self._subscription_target(
+            session, msg.topic_id_type, msg.topic_name, msg.topic_id
+        )
+        if (
+            name is not None
+            and name not in session.subscriptions
+            and (len(session.subscriptions) >= self.settings.max_subscriptions_per_client)
+        ):
+            code = ReturnCode.REJECTED_CONGESTION
+        if name is None or code is not ReturnCode.ACCEPTED:
+            self._send(session, Suback(0, msg.msg_id, code, QoS.AT_MOST_ONCE), out)
+            return
+        if msg.topic_id_type is TopicIdType.NORMAL and not is_wildcard(name):
+            reply_id = session.registry.register(name)
+            if reply_id is None:
+                self._send(
+                    session,
+                    Suback(0, msg.msg_id, ReturnCode.REJECTED_CONGESTION, QoS.AT_MOST_ONCE),
+                    out,
+                )
+                return
+        granted = int(msg.qos)
+        session.subscriptions[name] = granted
+        session.retained_until[name] = now + self.settings.retained_window
+        _, max_qos = self.index.add(name, session.client_id, granted)
+        # SUBACK first, then the upstream SUBSCRIBE, whose retained messages follow (P8).
+        self._send(session, Suback(reply_id, msg.msg_id, ReturnCode.ACCEPTED, QoS(granted)), out)
+        if self._aggregating:
+            # Always re-sent, even when already held: the broker then re-sends retained messages.
+            out.append(SubscribeUpstream(None, name, max_qos))
+        else:
+            out.append(SubscribeUpstream(session.client_id, name, granted))
+
+    def _subscription_target(
+        self, session: ClientSession, topic_id_type: TopicIdType, topic_name: str, topic_id: int
+    ) -> tuple[str | None, int, ReturnCode]:
+        """(filter, TopicId for SUBACK, return code) for a SUBSCRIBE/UNSUBSCRIBE."""
+        if topic_id_type is TopicIdType.NORMAL:
+            if not valid_filter(topic_name):
+                return None, 0, ReturnCode.REJECTED_NOT_SUPPORTED
+            return topic_name, 0, ReturnCode.ACCEPTED  # wildcard: TopicId 0 (P1)
+        if topic_id_type is TopicIdType.PREDEFINED:
+            name = self.settings.predefined.get(topic_id)
+            if name is None:
+                return None, 0, ReturnCode.REJECTED_INVALID_TOPIC_ID
+            return name, topic_id, ReturnCode.ACCEPTED
+        try:
+            return id_to_short_name(topic_id), 0, ReturnCode.ACCEPTED
+        except UnicodeDecodeError:
+            return None, 0, ReturnCode.REJECTED_INVALID_TOPIC_ID
+
+    def _on_unsubscribe(
+        self, address: Hashable, msg: Unsubscribe, now: float, out: list[Action]
+    ) -> None:
+        session = self._connected_session(address, now, out)
+        if session is None:
+            return
+        name, _, _ = self._subscription_target(
+            session, msg.topic_id_type, msg.topic_name, msg.topic_id
+        )
+        if name is not None and name in session.subscriptions:
+            self._drop_subscription(session, name, out)
+        self._send(session, Unsuback(msg.msg_id), out)  # answered even when nothing matched
+
+    def _drop_subscription(self, session: ClientSession, name: str, out: list[Action]) -> None:
+        del session.subscriptions[name]
+        session.retained_until.pop(name, None)
+        last = self.index.remove(name, session.client_id)
+        if self._aggregating:
+            if last:
+                out.append(UnsubscribeUpstream(None, name))
+        else:
+            out.append(UnsubscribeUpstream(session.client_id, name))
+
+    # ------------------------------------------------------------------ ping, disconnect, sleep
+
+    def _on_pingreq(self, address: Hashable, msg: Pingreq, now: float, out: list[Action]) -> None:
+        if msg.client_id is not None:
+            session = self.sessions.get(msg.client_id)  # exact ClientId match, never a prefix
+            if session is None:
+                # P9: an unknown ClientId gets no answer (it would let anyone probe sessions).
+                self.counters["pingreq_unknown_client"] += 1
+                return
+            self._bind_address(session, address)
+        else:
+            session = self._session_at(address)
+            if session is None:
+                self.counters["pingreq_unknown_address"] += 1
+                return
+        if session.state is S.DISCONNECTED or session.state is S.LOST:
+            out.append(SendFrame(address, Disconnect()))  # the node must CONNECT again
+            return
+        session.last_rx = now
+        if session.state is S.ASLEEP or session.state is S.AWAKE:
+            if session.state is S.ASLEEP:
+                _LOGGER.info("%r woke up with %d buffered", session.client_id, len(session.queue))
+            self._transition(session, Event.WAKE)
+            if session.inflight is None:
+                self._pump(session, now, out)  # ends with PINGRESP once the buffer is empty
+            return
+        self._send(session, Pingresp(), out)
+
+    def _on_disconnect(
+        self, address: Hashable, msg: Disconnect, now: float, out: list[Action]
+    ) -> None:
+        session = self._session_at(address)
+        if session is None or session.state is S.DISCONNECTED or session.state is S.LOST:
+            out.append(SendFrame(address, Disconnect()))
+            return
+        session.last_rx = now
+        if msg.duration is not None and session.state is not S.CONNECTING:
+            # [§6.14] DISCONNECT with Duration: asleep; buffer everything for it.
+            self._requeue_inflight(session)
+            session.sleep_duration = float(msg.duration)
+            self._transition(session, Event.SLEEP)
+            session.supervision_at = None
+            self._schedule_supervision(session)
+            self._send(session, Disconnect(), out)
+            _LOGGER.info("%r sleeps for %ss", session.client_id, msg.duration)
+            return
+        self._transition(session, Event.DISCONNECT)
+        self._send(session, Disconnect(), out)
+        _LOGGER.info("%r disconnected", session.client_id)
+        if not self._aggregating:
+            out.append(CloseUpstreamSession(session.client_id, fire_will=False))
+        self._requeue_inflight(session)
+        if session.clean_session:
+            self._forget(session, out)
+        else:
+            session.supervision_at = None
+            self._schedule_supervision(session)
+
+    def _on_searchgw(self, address: Hashable, msg: SearchGw, now: float, out: list[Action]) -> None:
+        # Anti-amplification: one GWINFO per source per interval and a global rate; GWINFO
+        # (3 bytes) is never larger than the SEARCHGW (3 bytes) that asked for it.
+        s = self.settings
+        last = self._gwinfo_last.get(address)
+        if last is not None and now - last < s.gwinfo_interval:
+            self.counters["searchgw_rate_limited"] += 1
+            return
+        self._gwinfo_allowance = min(
+            s.gwinfo_per_second,
+            self._gwinfo_allowance + (now - self._gwinfo_checked) * s.gwinfo_per_second,
+        )
+        self._gwinfo_checked = now
+        if self._gwinfo_allowance < 1.0:
+            self.counters["searchgw_rate_limited"] += 1
+            return
+        self._gwinfo_allowance -= 1.0
+        if len(self._gwinfo_last) > 10_000:
+            self._gwinfo_last.clear()
+        self._gwinfo_last[address] = now
+        out.append(Broadcast(GwInfo(s.gw_id), msg.radius, via=address))
+
+    def _advertise(self, now: float, out: list[Action]) -> None:
+        duration = min(int(self.settings.t_adv), 0xFFFF)
+        out.append(Broadcast(Advertise(self.settings.gw_id, duration)))
+        self._next_advertise = now + self.settings.t_adv
+
+    # ------------------------------------------------------------------ timers and loss
+
+    def _check_supervision(self, session: ClientSession, now: float, out: list[Action]) -> None:
+        session.supervision_at = None
+        deadline = self._supervision_deadline(session)
+        if deadline > now:
+            self._schedule_supervision(session)
+            return
+        state = session.state
+        if state is S.CONNECTING:
+            _LOGGER.info("%r did not finish connecting; dropped", session.client_id)
+            self._transition(session, Event.EXPIRED)
+            self._forget(session, out)
+        elif state is S.DISCONNECTED or state is S.LOST:
+            self.counters["sessions_expired"] += 1
+            self._forget(session, out)
+        else:
+            reason = (
+                "overslept its sleep duration" if state is not S.ACTIVE else "keep-alive expired"
+            )
+            self._lose(session, Event.EXPIRED, reason, now, out)
+
+    def _lose(
+        self, session: ClientSession, event: Event, reason: str, now: float, out: list[Action]
+    ) -> None:
+        """The node is lost: publish its will [§6.3], keep a persistent session for later."""
+        self._transition(session, event)
+        self.counters["clients_lost"] += 1
+        _LOGGER.info("%r lost (%s); publishing its will", session.client_id, reason)
+        self._requeue_inflight(session)
+        if self._aggregating:
+            will = self._will_of(session)
+            if will is not None:
+                token = self._new_token(session.client_id, 0) if will.qos else None
+                out.append(
+                    PublishUpstream(
+                        session.client_id, will.topic, will.payload, will.qos, will.retain, token
+                    )
+                )
+        else:
+            out.append(CloseUpstreamSession(session.client_id, fire_will=True))
+        if session.clean_session:
+            self._forget(session, out)
+        else:
+            session.last_rx = now
+            session.supervision_at = None
+            self._schedule_supervision(session)
+
+    def _clean(self, session: ClientSession, out: list[Action]) -> None:
+        """CleanSession=1: subscriptions, registrations, buffers and will data go [§6.3]."""
+        for name in list(session.subscriptions):
+            self._drop_subscription(session, name, out)
+        session.registry.clear()
+        discard_all(session.queue, self.budget, "clean_session")
+        session.uplink.clear()
+        session.inflight = None
+        session.will = None
+
+    def _forget(self, session: ClientSession, out: list[Action]) -> None:
+        """Remove a session entirely (clean session ended, or a persistent one expired)."""
+        if self._aggregating:
+            for name in list(session.subscriptions):
+                self._drop_subscription(session, name, out)
+        else:
+            for name in list(session.subscriptions):
+                self.index.remove(name, session.client_id)
+        discard_all(session.queue, self.budget, "session_ended")
+        if self.by_address.get(session.address) == session.client_id:
+            del self.by_address[session.address]
+        self.sessions.pop(session.client_id, None)
