@@ -1,4 +1,4 @@
-"""Bounded delivery queues for nodes that cannot take a message right now (asleep, offline, busy)."""
+"""Bounded delivery queues for nodes that cannot take a message now (asleep, offline, busy)."""
 
 from __future__ import annotations
 

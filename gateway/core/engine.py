@@ -566,7 +566,7 @@ class GatewayCore(DeliveryMixin):
         upstream_topic = self._uplink_topic(client_id, topic) if client_id else topic
         out.append(
             PublishUpstream(
-                client_id if not self._aggregating else client_id,
+                client_id,
                 upstream_topic,
                 msg.data,
                 0,

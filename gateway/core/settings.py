@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["CoreSettings", "Mode"]
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """How the gateway maps nodes onto broker connections [§4]."""
 
     AGGREGATING = "aggregating"

@@ -1,4 +1,4 @@
-"""A lazy deadline heap: one entry per (session, kind); stale entries are re-checked, not removed."""
+"""A lazy deadline heap: one entry per (session, kind); stale entries are re-checked."""
 
 from __future__ import annotations
 

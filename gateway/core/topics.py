@@ -1,4 +1,4 @@
-"""Topic ids per node: normal (registered), pre-defined (global) and short names; filter matching."""
+"""Topic ids per node: normal (registered), pre-defined (global), short names; matching."""
 
 from __future__ import annotations
 
