@@ -1,0 +1,317 @@
+"""The only wiring: transports -> codec -> core -> actions -> transports and the broker bridge.
+
+Hot-path rules (measured, see the README's performance notes): no Task or Future per frame, the
+core runs synchronously inside the transport's receive callback, one timer handle follows the
+core's ``next_deadline()``, and counters are plain dict increments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Hashable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from gateway.bridge import create_upstream
+from gateway.bridge.base import Upstream
+from gateway.config import GatewayConfig
+from gateway.core import (
+    Action,
+    Broadcast,
+    CloseUpstreamSession,
+    GatewayCore,
+    Mode,
+    OpenUpstreamSession,
+    PublishUpstream,
+    SendFrame,
+    SubscribeUpstream,
+    UnsubscribeUpstream,
+)
+from gateway.errors import RemoteProtocolError
+from gateway.protocol.codec import decode, encode
+from gateway.protocol.messages import Encapsulated, Message
+from transports import create_transport
+from transports.base import Address, LinkEvent, Transport
+
+__all__ = ["ForwardedAddress", "GatewayRuntime"]
+
+_LOGGER = logging.getLogger(__name__)
+_WARN_INTERVAL = 10.0  # seconds between two "malformed frame" warnings for one source
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedAddress:
+    """A node behind a forwarder [§5.5]: the forwarder's address plus the wireless node id."""
+
+    forwarder: Hashable
+    node_id: bytes
+
+    def __str__(self) -> str:
+        return f"{self.forwarder}/{self.node_id.hex()}"
+
+
+class GatewayRuntime:
+    """Runs one gateway: ``async with GatewayRuntime(config) as gw: await gw.wait_closed()``."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        transports: list[Transport] | None = None,
+        upstream: Upstream | None = None,
+    ) -> None:
+        self.config = config
+        self.core = GatewayCore(config.core)
+        self.counters: Counter[str] = Counter()
+        self._transports = transports
+        self._upstream = upstream
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._warned: dict[Hashable, float] = {}
+        self._closed = asyncio.Event()
+        self._started = False
+        self.observers: list[Any] = []  # callables(event: str, **fields) for the demo and tests
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the broker bridge and every transport; start timers."""
+        if self._started:
+            raise RuntimeError("GatewayRuntime is not re-entrant")
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        if self._upstream is None:
+            self._upstream = create_upstream(
+                self.config.broker,
+                self.config.core.mode.value,
+                gateway_id=f"{self.config.gateway_name}-{self.config.core.gw_id}",
+            )
+        if self._transports is None:
+            self._transports = [
+                create_transport(name, options) for name, options in self.config.transports.items()
+            ]
+        await self._upstream.start(self)
+        for transport in self._transports:
+            await transport.start(self._make_sink(transport), self._on_link_event)
+            _LOGGER.info("transport %s started: %r", transport.name, transport)
+        self._reschedule()
+
+    async def close(self) -> None:
+        """Stop transports, flush the bridge, cancel timers; idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        for transport in self._transports or []:
+            try:
+                await transport.close()
+            except Exception:  # a failing transport must not keep the others open
+                _LOGGER.exception("closing transport %s failed", transport.name)
+        if self._upstream is not None:
+            await self._upstream.close()
+        _LOGGER.info("gateway stopped: %s", dict(self.counters))
+
+    async def wait_closed(self) -> None:
+        """Return once ``close()`` has run."""
+        await self._closed.wait()
+
+    @property
+    def transports(self) -> list[Transport]:
+        """The running transports."""
+        return list(self._transports or [])
+
+    @property
+    def upstream(self) -> Upstream:
+        """The broker bridge."""
+        assert self._upstream is not None
+        return self._upstream
+
+    def __repr__(self) -> str:
+        names = [t.name for t in self._transports or []]
+        return f"<GatewayRuntime transports={names} {self.core!r}>"
+
+    # ------------------------------------------------------------------ inbound
+
+    def _make_sink(self, transport: Transport) -> Any:
+        def deliver(address: Address, frame: bytes) -> None:
+            self._on_frame(transport, address, frame)
+
+        return deliver
+
+    def _on_frame(self, transport: Transport, address: Address, frame: bytes) -> None:
+        try:
+            message = decode(frame)
+            if type(message) is Encapsulated:
+                address = ForwardedAddress(address, message.wireless_node_id)
+                message = decode(message.message)
+        except RemoteProtocolError as exc:
+            self._malformed(address, frame, exc)
+            return
+        actions = self.core.receive(address, message, self._now())
+        if actions:
+            self._execute(actions)
+        if self.observers:
+            self._notify("frame_in", address=address, message=message)
+
+    def _malformed(self, address: Address, frame: bytes, exc: RemoteProtocolError) -> None:
+        self.counters["rx_malformed"] += 1
+        now = time.monotonic()
+        last = self._warned.get(address)
+        if last is None or now - last >= _WARN_INTERVAL:
+            if len(self._warned) > 10_000:
+                self._warned.clear()
+            self._warned[address] = now
+            _LOGGER.warning(
+                "malformed frame from %s dropped: %s [%s%s]",
+                address,
+                exc,
+                frame[:16].hex(" "),
+                " ..." if len(frame) > 16 else "",
+            )
+
+    def _on_link_event(self, address: Address, event: LinkEvent) -> None:
+        if event is LinkEvent.SEND_FAILED:
+            self._execute(self.core.on_send_failed(address, self._now()))
+        self.counters[f"link_{event.value}"] += 1
+
+    # UpstreamEvents ------------------------------------------------------------
+
+    def on_broker_message(
+        self, client_id: str | None, topic: str, payload: bytes, qos: int, retain: bool
+    ) -> None:
+        """A PUBLISH from the broker (fan-out happens in the core)."""
+        self._execute(self.core.on_broker_message(topic, payload, qos, retain, self._now(), client_id))
+        if self.observers:
+            self._notify("broker_message", topic=topic, payload=payload, qos=qos, retain=retain)
+
+    def on_publish_done(self, token: int, ok: bool) -> None:
+        """The broker acknowledged an uplink QoS 1/2 publish (or it failed)."""
+        self._execute(self.core.on_publish_done(token, ok, self._now()))
+
+    def on_connection(self, client_id: str | None, connected: bool, return_code: int) -> None:
+        """A broker connection changed state."""
+        now = self._now()
+        if client_id is None:
+            self._execute(self.core.on_broker_state(connected, now))
+        elif self.config.core.mode is Mode.TRANSPARENT:
+            self._execute(self.core.on_upstream_session(client_id, connected, return_code, now))
+
+    # ------------------------------------------------------------------ outbound
+
+    def _execute(self, actions: list[Action]) -> None:
+        upstream = self._upstream
+        assert upstream is not None
+        for action in actions:
+            kind = type(action)
+            if kind is SendFrame:
+                self._send(action.address, action.message)  # type: ignore[attr-defined]
+            elif kind is PublishUpstream:
+                a: Any = action
+                upstream.publish(a.client_id, a.topic, a.payload, a.qos, a.retain, a.token)
+                if self.observers:
+                    self._notify("publish_upstream", client_id=a.client_id, topic=a.topic, payload=a.payload, qos=a.qos)
+            elif kind is SubscribeUpstream:
+                upstream.subscribe(action.client_id, action.topic_filter, action.qos)  # type: ignore[attr-defined]
+            elif kind is UnsubscribeUpstream:
+                upstream.unsubscribe(action.client_id, action.topic_filter)  # type: ignore[attr-defined]
+            elif kind is Broadcast:
+                self._broadcast(action)  # type: ignore[arg-type]
+            elif kind is OpenUpstreamSession:
+                a = action
+                upstream.open_session(a.client_id, a.clean_session, a.will, a.keepalive)
+            elif kind is CloseUpstreamSession:
+                upstream.close_session(action.client_id, action.fire_will)  # type: ignore[attr-defined]
+        self._reschedule()
+
+    def _send(self, address: Hashable, message: Message) -> None:
+        try:
+            frame = encode(message)
+        except Exception:  # our bug: log it, never take the loop down
+            _LOGGER.exception("cannot encode %r for %s", message, address)
+            return
+        if type(address) is ForwardedAddress:
+            frame = encode(Encapsulated(address.node_id, frame))
+            address = address.forwarder
+        transport = self._transport_for(address)
+        if transport is None:
+            self.counters["tx_no_transport"] += 1
+            return
+        if len(frame) > transport.max_frame_size(address):
+            # [§6.10] too long for this node's link: dropped, never cut (pitfall P7).
+            self.counters["tx_oversize_dropped"] += 1
+            _LOGGER.info("%d-byte %s for %s exceeds the link's frame size; dropped", len(frame), type(message).__name__, address)
+            return
+        transport.send(address, frame)
+        if self.observers:
+            self._notify("frame_out", address=address, message=message)
+
+    def _broadcast(self, action: Broadcast) -> None:
+        frame = encode(action.message)
+        if action.via is None:
+            for transport in self._transports or []:
+                transport.broadcast(frame, action.radius)
+            return
+        via = action.via
+        if type(via) is ForwardedAddress:
+            # Back through the forwarder, with the SEARCHGW's radius in Ctrl [§5.5].
+            self._send(via, action.message)
+            return
+        transport = self._transport_for(via)
+        if transport is None:
+            return
+        if getattr(transport, "can_broadcast", False):
+            transport.broadcast(frame, action.radius)
+        else:
+            transport.send(via, frame)  # P14: unicast GWINFO where the link cannot broadcast
+
+    def _transport_for(self, address: Hashable) -> Transport | None:
+        for transport in self._transports or []:
+            if transport.owns(address):
+                return transport
+        return None
+
+    # ------------------------------------------------------------------ timers
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _reschedule(self) -> None:
+        deadline = self.core.next_deadline()
+        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._closed.is_set():
+            return
+        self._execute(self.core.tick(self._now()))
+        self._reschedule()
+
+    def _notify(self, event: str, **fields: Any) -> None:
+        for observer in self.observers:
+            try:
+                observer(event, **fields)
+            except Exception:
+                _LOGGER.exception("observer failed on %s", event)
