@@ -210,9 +210,6 @@ class SimulatedCoordinator:
         self.stats[f"at_{command}"] += 1
         queue = isinstance(frame, AtCommandQueue)
         status, value, after = self._execute(command, frame.parameter, queue=queue)
-        if not queue and command not in ("AC", "FR"):
-            # API frames, 0x09: queued values apply "when an 0x08 AT Command or AC is issued".
-            after = self._chain(after, self._apply_queued)
         _LOGGER.debug(
             "simulated XBee: AT%s %s -> %s %s",
             command,
@@ -224,6 +221,9 @@ class SimulatedCoordinator:
             self.send_frame(AtResponse(frame.frame_id, frame.command, status, value))
         if after is not None:
             after()
+        if not queue and command not in ("AC", "FR"):
+            # API frames, 0x09: queued values apply "when an 0x08 AT Command or AC is issued".
+            self._apply_queued()
 
     def _execute(
         self, command: str, parameter: bytes, *, queue: bool
@@ -251,17 +251,6 @@ class SimulatedCoordinator:
             return AtStatus.OK, b"", lambda: self._set_api_mode(parameter)
         register.value = parameter
         return AtStatus.OK, b"", None
-
-    @staticmethod
-    def _chain(first: Callable[[], None] | None, then: Callable[[], None]) -> Callable[[], None]:
-        if first is None:
-            return then
-
-        def both() -> None:
-            first()
-            then()
-
-        return both
 
     def _apply_queued(self) -> None:
         queued, self._queued = self._queued, {}

@@ -233,10 +233,7 @@ class XBeeNetwork:
         for radio in self._nodes.values():
             radio.downlink.clear()
             radio.uplink.clear()
-            for entry in radio.held:
-                if entry.timer is not None:
-                    entry.timer.cancel()
-            radio.held.clear()
+        self._forget_held()
         self.coordinator.close()
 
     async def __aenter__(self) -> Self:
@@ -254,6 +251,7 @@ class XBeeNetwork:
     def unplug(self) -> None:
         """The dongle vanishes: its port path disappears and the host's open port breaks."""
         self.stats["unplugged"] += 1
+        self._forget_held()  # the frames a parent keeps for its children live in its RAM
         self.coordinator.power_down()
 
     def replug(self) -> None:
@@ -390,6 +388,13 @@ class XBeeNetwork:
         self.coordinator.deliver(packet)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _forget_held(self) -> None:
+        for radio in self._nodes.values():
+            for entry in radio.held:
+                if entry.timer is not None:
+                    entry.timer.cancel()
+            radio.held.clear()
 
     def _lost(self, faults: NodeFaults) -> bool:
         return faults.loss > 0 and self._rng.random() < faults.loss
