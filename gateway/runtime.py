@@ -95,10 +95,11 @@ class GatewayRuntime:
         self._started = True
         self._loop = asyncio.get_running_loop()
         if self._upstream is None:
+            options: dict[str, Any] = {}
+            if self.config.core.mode is Mode.AGGREGATING:
+                options["gateway_id"] = f"{self.config.gateway_name}-{self.config.core.gw_id}"
             self._upstream = create_upstream(
-                self.config.broker,
-                self.config.core.mode.value,
-                gateway_id=f"{self.config.gateway_name}-{self.config.core.gw_id}",
+                self.config.broker, self.config.core.mode.value, **options
             )
         if self._transports is None:
             self._transports = [
