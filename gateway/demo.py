@@ -114,7 +114,7 @@ async def run_demo(duration: float | None = None, nodes: int = 3, log_level: str
 
 async def _watch_broker(observer: Any, say: _Printer) -> None:
     async for message in observer.messages:
-        say("broker", f"got {message.topic} = {bytes(message.payload).decode(errors='replace')!r} (QoS {message.qos})")
+        say("broker", f"got {message.topic} = {bytes(message.payload).decode(errors='replace')!r}")
 
 
 async def _sensor(client_id: str, udp_port: int, qos: int, say: _Printer, stop: asyncio.Event) -> None:
@@ -147,8 +147,10 @@ async def _sleepy_node(gateway: GatewayRuntime, observer: Any, udp_port: int, sa
         cycle = 0
         while not stop.is_set():
             cycle += 1
+            if cycle > 1:  # back to work: CONNECT (CleanSession=0 keeps the subscription)
+                await node.connect(keepalive=30, clean_session=False)
             await node.publish("demo/sleepy/battery", f"{100 - cycle}%", qos=1)
-            say(client_id, f"published demo/sleepy/battery = '{100 - cycle}%' (QoS 1), going to sleep for 4 s")
+            say(client_id, f"published demo/sleepy/battery = '{100 - cycle}%' (QoS 1), sleeping; wakes in 4 s")
             await node.sleep(10)
             command = f"blink {cycle}"
             await observer.publish("demo/sleepy/cmd", command.encode(), qos=1)
@@ -162,7 +164,7 @@ async def _sleepy_node(gateway: GatewayRuntime, observer: Any, udp_port: int, sa
                 break
             delivered = await node.wake()
             for message in delivered:
-                say(client_id, f"woke up and received {message.topic} = {message.payload.decode(errors='replace')!r}")
+                say(client_id, f"woke up and received {message.topic_name} = {message.payload.decode(errors='replace')!r}")
             if not delivered:
                 say(client_id, "woke up; nothing was waiting")
         with contextlib.suppress(Exception):
