@@ -150,27 +150,29 @@ class DeliveryMixin:
         self, session: ClientSession, delivery: Delivery, now: float, out: list[Action]
     ) -> None:
         topic = delivery.topic
+        # Fix: an id the node already knows (from its SUBACK or REGISTER) comes first. Checking
+        # pre-defined names first broke a SUBSCRIBE by the name of a pre-defined topic: SUBACK
+        # gave a normal id, then every PUBLISH came with the pre-defined one [§6.9 SUBACK].
+        registered = session.registry.id_for(topic)
         predefined = self._predefined_by_name.get(topic)
-        if predefined is not None:
+        if registered is not None:
+            topic_id, id_type = registered, TopicIdType.NORMAL
+        elif predefined is not None:
             topic_id, id_type = predefined, TopicIdType.PREDEFINED
+        elif len(topic) == 2 and len(topic.encode()) == 2:
+            topic_id, id_type = (ord(topic[0]) << 8) | ord(topic[1]), TopicIdType.SHORT_NAME
         else:
-            registered = session.registry.id_for(topic)
-            if registered is not None:
-                topic_id, id_type = registered, TopicIdType.NORMAL
-            elif len(topic) == 2 and len(topic.encode()) == 2:
-                topic_id, id_type = (ord(topic[0]) << 8) | ord(topic[1]), TopicIdType.SHORT_NAME
-            else:
-                # [§6.10] REGISTER first and hold the PUBLISH until the REGACK (P2).
-                new_id = session.registry.register(topic)
-                if new_id is None:
-                    self.budget.count_drop("topic_ids_exhausted")
-                    return
-                msg_id = session.allocate_msg_id()
-                self._start_inflight(
-                    session, OutboundInflight("register", msg_id, new_id, 0, delivery), now
-                )
-                self._send(session, Register(new_id, msg_id, topic), out)
+            # [§6.10] REGISTER first and hold the PUBLISH until the REGACK (P2).
+            new_id = session.registry.register(topic)
+            if new_id is None:
+                self.budget.count_drop("topic_ids_exhausted")
                 return
+            msg_id = session.allocate_msg_id()
+            self._start_inflight(
+                session, OutboundInflight("register", msg_id, new_id, 0, delivery), now
+            )
+            self._send(session, Register(new_id, msg_id, topic), out)
+            return
         if delivery.qos == 0:
             self._send(
                 session,
@@ -211,6 +213,11 @@ class DeliveryMixin:
         session.inflight = None
         if inflight is None or inflight.kind == "pubrel":
             return  # after PUBREC the node has the message; nothing to deliver again
+        if inflight.kind == "register":
+            # Fix: the node never acknowledged this id; keeping it registered meant the next
+            # attempt (after a wake-up or a resumed CONNECT) sent a PUBLISH with an id the node
+            # does not know instead of REGISTERing first [§6.10, P2].
+            session.registry.forget(inflight.topic_id)
         session.queue.appendleft(inflight.delivery)
         self.budget.used += 1
 

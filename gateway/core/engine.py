@@ -40,7 +40,13 @@ from gateway.core.session import (
 from gateway.core.settings import CoreSettings, Mode
 from gateway.core.subscriptions import SubscriptionIndex
 from gateway.core.timers import TimerHeap
-from gateway.core.topics import TopicRegistry, is_wildcard, valid_filter, valid_topic_name
+from gateway.core.topics import (
+    TopicRegistry,
+    is_wildcard,
+    valid_filter,
+    valid_topic_level,
+    valid_topic_name,
+)
 from gateway.protocol.constants import QoS, ReturnCode, TopicIdType
 from gateway.protocol.messages import (
     Advertise,
@@ -157,7 +163,7 @@ class GatewayCore(DeliveryMixin):
         client_id, msg_id = entry
         session = self.sessions.get(client_id)
         pending = session.uplink.get(msg_id) if session else None
-        if session is None or pending is None:
+        if session is None or pending is None or pending.token != token:
             return out
         if not ok:
             # Never tell a node "accepted" for what the broker did not take [§6.6: congestion].
@@ -208,7 +214,7 @@ class GatewayCore(DeliveryMixin):
         _LOGGER.warning(
             "broker refused %r (code %s); CONNACK %s", client_id, return_code, code.name
         )
-        self._forget(session, out)
+        self._end_attempt(session, now, out)
         return out
 
     def on_send_failed(self, address: Hashable, now: float) -> list[Action]:
@@ -285,6 +291,13 @@ class GatewayCore(DeliveryMixin):
         return self.sessions.get(client_id) if client_id is not None else None
 
     def _send(self, session: ClientSession, message: Message, out: list[Action]) -> None:
+        if self.by_address.get(session.address) != session.client_id:
+            # Fix: another ClientId has since CONNECTed (or woken) from this address, so the
+            # node there is no longer this session's. Sending would hand it our topic ids and
+            # data, which in its own per-client table may name other topics [§7.3]. The session
+            # stays silent until it CONNECTs or wakes again, or its timers declare it lost.
+            self.counters["send_suppressed_address_taken"] += 1
+            return
         out.append(SendFrame(session.address, message))
 
     def _transition(self, session: ClientSession, event: Event) -> None:
@@ -334,6 +347,14 @@ class GatewayCore(DeliveryMixin):
     # ------------------------------------------------------------------ connect and will
 
     def _on_connect(self, address: Hashable, msg: Connect, now: float, out: list[Action]) -> None:
+        if "{client_id}" in self.settings.uplink_topic_template and not valid_topic_level(
+            msg.client_id
+        ):
+            # Fix: the ClientId goes into every upstream topic; "+", "#" or NUL there would be
+            # an invalid PUBLISH and the broker would close the (shared) connection.
+            self.counters["connect_refused_client_id"] += 1
+            out.append(SendFrame(address, Connack(ReturnCode.REJECTED_NOT_SUPPORTED)))
+            return
         session = self.sessions.get(msg.client_id)
         if session is None:
             if len(self.sessions) >= self.settings.max_clients:
@@ -425,6 +446,15 @@ class GatewayCore(DeliveryMixin):
             session.will = None
             self._finish_connect(session, now, out, renew_upstream=True)
             return
+        if not valid_topic_name(msg.will_topic):
+            # Fix: a will on "a/#" can never be published (upstream it is an invalid PUBLISH
+            # or CONNECT); refuse the connection rather than arm it [§5.3.10: not supported].
+            self.counters["connect_refused_will_topic"] += 1
+            session.will_stage = ""
+            self._send(session, Connack(ReturnCode.REJECTED_NOT_SUPPORTED), out)
+            self._transition(session, Event.REFUSED)
+            self._end_attempt(session, now, out)
+            return
         session.will = StoredWill(msg.will_topic, b"", int(msg.qos), msg.retain)
         session.will_stage = "msg"
         self._send(session, WillMsgReq(), out)
@@ -446,6 +476,10 @@ class GatewayCore(DeliveryMixin):
             return
         if not msg.will_topic:
             session.will = None  # empty WILLTOPICUPD deletes topic and message [§6.4]
+        elif not valid_topic_name(msg.will_topic):
+            # Fix: never arm a will that cannot be published (see _on_willtopic).
+            self._send(session, WillTopicResp(ReturnCode.REJECTED_NOT_SUPPORTED), out)
+            return
         else:
             message = session.will.message if session.will else b""
             session.will = StoredWill(msg.will_topic, message, int(msg.qos), msg.retain)
@@ -540,8 +574,8 @@ class GatewayCore(DeliveryMixin):
                 session, Puback(msg.topic_id, msg.msg_id, ReturnCode.REJECTED_CONGESTION), out
             )
             return
-        session.uplink[msg.msg_id] = UplinkPending(msg.msg_id, msg.topic_id, int(qos))
         token = self._new_token(session.client_id, msg.msg_id)
+        session.uplink[msg.msg_id] = UplinkPending(msg.msg_id, msg.topic_id, int(qos), token=token)
         out.append(
             PublishUpstream(
                 session.client_id, upstream_topic, msg.data, int(qos), msg.retain, token
@@ -555,10 +589,8 @@ class GatewayCore(DeliveryMixin):
         if msg.topic_id_type is TopicIdType.PREDEFINED:
             topic = self.settings.predefined.get(msg.topic_id)
         else:
-            try:
-                topic = id_to_short_name(msg.topic_id)
-            except UnicodeDecodeError:
-                topic = None
+            # Fix: the registry's resolve validates the short name (no wildcard, no NUL).
+            topic = TopicRegistry.resolve_short(msg.topic_id)
         if topic is None:
             self.counters["minus_one_unknown_topic"] += 1  # nothing can be reported back
             return
@@ -605,14 +637,15 @@ class GatewayCore(DeliveryMixin):
             self._send(session, Suback(0, msg.msg_id, code, QoS.AT_MOST_ONCE), out)
             return
         if msg.topic_id_type is TopicIdType.NORMAL and not is_wildcard(name):
-            reply_id = session.registry.register(name)
-            if reply_id is None:
+            registered = session.registry.register(name)
+            if registered is None:
                 self._send(
                     session,
                     Suback(0, msg.msg_id, ReturnCode.REJECTED_CONGESTION, QoS.AT_MOST_ONCE),
                     out,
                 )
                 return
+            reply_id = registered
         granted = int(msg.qos)
         session.subscriptions[name] = granted
         session.retained_until[name] = now + self.settings.retained_window
@@ -639,9 +672,14 @@ class GatewayCore(DeliveryMixin):
                 return None, 0, ReturnCode.REJECTED_INVALID_TOPIC_ID
             return name, topic_id, ReturnCode.ACCEPTED
         try:
-            return id_to_short_name(topic_id), 0, ReturnCode.ACCEPTED
+            name = id_to_short_name(topic_id)
         except UnicodeDecodeError:
             return None, 0, ReturnCode.REJECTED_INVALID_TOPIC_ID
+        if not valid_filter(name):
+            # Fix: "a#" or NUL would be an invalid upstream SUBSCRIBE, which an MQTT 3.1.1
+            # broker answers by closing the connection (every node's, in aggregating mode).
+            return None, 0, ReturnCode.REJECTED_INVALID_TOPIC_ID
+        return name, 0, ReturnCode.ACCEPTED
 
     def _on_unsubscribe(
         self, address: Hashable, msg: Unsubscribe, now: float, out: list[Action]
@@ -763,7 +801,11 @@ class GatewayCore(DeliveryMixin):
         if state is S.CONNECTING:
             _LOGGER.info("%r did not finish connecting; dropped", session.client_id)
             self._transition(session, Event.EXPIRED)
-            self._forget(session, out)
+            if not self._aggregating and session.will_stage == "upstream":
+                # Fix: the OpenUpstreamSession we asked for must not outlive the attempt.
+                out.append(CloseUpstreamSession(session.client_id, fire_will=False))
+            session.will_stage = ""
+            self._end_attempt(session, now, out)
         elif state is S.DISCONNECTED or state is S.LOST:
             self.counters["sessions_expired"] += 1
             self._forget(session, out)
@@ -798,6 +840,20 @@ class GatewayCore(DeliveryMixin):
             session.last_rx = now
             session.supervision_at = None
             self._schedule_supervision(session)
+
+    def _end_attempt(self, session: ClientSession, now: float, out: list[Action]) -> None:
+        """A CONNECT that did not complete: a clean session goes, a persistent one stays.
+
+        Fix: this used to forget every session, so one unfinished re-CONNECT (CleanSession=0)
+        threw away the node's subscriptions and the QoS 1/2 messages buffered for it, which the
+        gateway had already acknowledged to the broker (DESIGN §4 "nothing acknowledged is lost").
+        """
+        if session.clean_session:
+            self._forget(session, out)
+            return
+        session.last_rx = now
+        session.supervision_at = None
+        self._schedule_supervision(session)
 
     def _clean(self, session: ClientSession, out: list[Action]) -> None:
         """CleanSession=1: subscriptions, registrations, buffers and will data go [§6.3]."""

@@ -118,6 +118,10 @@ class UplinkPending:
     topic_id: int
     qos: int
     acked: bool = False  # QoS 2: PUBREC sent, waiting for the node's PUBREL
+    # Fix: the token this entry waits for. Without it a late broker ack for an older publish
+    # (before a clean re-CONNECT, or a will's token with MsgId 0) acked a newer one that reused
+    # the MsgId, i.e. PUBACK for what the broker had not taken yet.
+    token: int = 0
 
 
 @dataclass(slots=True)

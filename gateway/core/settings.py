@@ -65,6 +65,10 @@ class CoreSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.gw_id <= 255:
             raise ValueError(f"gw_id must be 0..255, got {self.gw_id}")
+        # Fix: keep a plain dict of our own. Each session's TopicRegistry refers to this
+        # mapping, so a read-only MappingProxyType from a frozen config made export_state()
+        # unpicklable (and a caller's later mutation would have changed ids under live nodes).
+        object.__setattr__(self, "predefined", dict(self.predefined))
         for key, value in self.predefined.items():
             if not 1 <= key <= 0xFFFE:
                 raise ValueError(f"predefined topic id must be 1..65534, got {key}")
@@ -74,3 +78,10 @@ class CoreSettings:
             raise ValueError("t_retry must be > 0 and n_retry >= 0")
         if "{topic}" not in self.uplink_topic_template:
             raise ValueError("uplink_topic_template must contain {topic}")
+        try:
+            # Fix: an unknown placeholder used to raise KeyError on every uplink publish.
+            self.uplink_topic_template.format(client_id="c", topic="t")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"uplink_topic_template may only use {{client_id}} and {{topic}}: {exc!r}"
+            ) from None

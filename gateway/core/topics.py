@@ -7,9 +7,17 @@ from dataclasses import dataclass, field
 
 from gateway.protocol.constants import TopicIdType
 
-__all__ = ["TopicRegistry", "is_wildcard", "topic_matches", "valid_filter", "valid_topic_name"]
+__all__ = [
+    "TopicRegistry",
+    "is_wildcard",
+    "topic_matches",
+    "valid_filter",
+    "valid_topic_level",
+    "valid_topic_name",
+]
 
 _RESERVED_IDS = frozenset((0x0000, 0xFFFF))  # [§5.3.11]
+_USABLE_IDS = 0xFFFE  # 1..0xFFFE
 
 
 def is_wildcard(topic_filter: str) -> bool:
@@ -20,6 +28,11 @@ def is_wildcard(topic_filter: str) -> bool:
 def valid_topic_name(name: str) -> bool:
     """A concrete MQTT topic name: non-empty, no wildcards, no NUL."""
     return bool(name) and not is_wildcard(name) and "\x00" not in name
+
+
+def valid_topic_level(text: str) -> bool:
+    """Text that may be placed inside a topic name: no wildcards, no NUL (may be empty)."""
+    return not is_wildcard(text) and "\x00" not in text
 
 
 def valid_filter(topic_filter: str) -> bool:
@@ -79,7 +92,8 @@ class TopicRegistry:
         existing = self.by_name.get(name)
         if existing is not None:
             return existing
-        if len(self.by_id) >= self.limit:
+        if len(self.by_id) >= self.limit or len(self.by_id) >= _USABLE_IDS - len(self.predefined):
+            # Fix: with every id taken (e.g. a large limit) the search below never ended.
             return None
         topic_id = self.next_id
         while topic_id in self.by_id or topic_id in self.predefined or topic_id in _RESERVED_IDS:
@@ -107,11 +121,19 @@ class TopicRegistry:
             return self.by_id.get(topic_id)
         if topic_id_type is TopicIdType.PREDEFINED:
             return self.predefined.get(topic_id)
+        return self.resolve_short(topic_id)
+
+    @staticmethod
+    def resolve_short(topic_id: int) -> str | None:
+        """The topic a SHORT_NAME TopicId stands for, or None when it is no valid topic name."""
         raw = bytes(((topic_id >> 8) & 0xFF, topic_id & 0xFF))
         try:
-            return raw.decode("utf-8")
+            name = raw.decode("utf-8")
         except UnicodeDecodeError:
             return None
+        # Fix: a short name such as "a#" or "+/" is no MQTT topic name; publishing it upstream
+        # would make the broker close the connection (the shared one, in aggregating mode).
+        return name if valid_topic_name(name) else None
 
     def __len__(self) -> int:
         return len(self.by_id)
