@@ -43,15 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", help="run the gateway", formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = sub.add_parser(
+        "run", help="run the gateway", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     _add_overrides(run)
 
     demo = sub.add_parser("demo", help="embedded broker + gateway + simulated nodes, printed live")
-    demo.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds (default: until Ctrl-C)")
-    demo.add_argument("--nodes", type=int, default=3, metavar="N", help="simulated nodes besides the sleeping one (default 3)")
-    demo.add_argument("--log-level", default="WARNING", help="gateway log level shown (default WARNING)")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop after S seconds (default: until Ctrl-C)",
+    )
+    demo.add_argument(
+        "--nodes",
+        type=int,
+        default=3,
+        metavar="N",
+        help="simulated nodes besides the sleeping one (default 3)",
+    )
+    demo.add_argument(
+        "--log-level", default="WARNING", help="gateway log level shown (default WARNING)"
+    )
 
-    check = sub.add_parser("check-config", help="validate a config file and print the effective config")
+    check = sub.add_parser(
+        "check-config", help="validate a config file and print the effective config"
+    )
     check.add_argument("file", help="TOML configuration file")
     _add_overrides(check, with_config=False)
     return parser
@@ -59,12 +77,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_overrides(parser: argparse.ArgumentParser, with_config: bool = True) -> None:
     if with_config:
-        parser.add_argument("--config", "-c", metavar="FILE", help="TOML configuration file (see deploy/gateway.example.toml)")
-    parser.add_argument("--udp", metavar="HOST:PORT", help="UDP listen address (default 0.0.0.0:1884; [::]:1884 for IPv6)")
-    parser.add_argument("--broker", metavar="URL", help="broker URL: mqtt://host:1883 or mqtts://host:8883 (default mqtt://localhost:1883)")
-    parser.add_argument("--mode", choices=("aggregating", "transparent"), help="one broker connection for all nodes (default) or one per node")
-    parser.add_argument("--predefined", action="append", type=_predefined, default=[], metavar="ID=TOPIC", help="pre-defined topic id (repeatable)")
-    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper, help="log level (default INFO)")
+        parser.add_argument(
+            "--config",
+            "-c",
+            metavar="FILE",
+            help="TOML configuration file (see deploy/gateway.example.toml)",
+        )
+    parser.add_argument(
+        "--udp",
+        metavar="HOST:PORT",
+        help="UDP listen address (default 0.0.0.0:1884; [::]:1884 for IPv6)",
+    )
+    parser.add_argument(
+        "--broker",
+        metavar="URL",
+        help="broker URL: mqtt://host:1883 or mqtts://host:8883 (default mqtt://localhost:1883)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("aggregating", "transparent"),
+        help="one broker connection for all nodes (default) or one per node",
+    )
+    parser.add_argument(
+        "--predefined",
+        action="append",
+        type=_predefined,
+        default=[],
+        metavar="ID=TOPIC",
+        help="pre-defined topic id (repeatable)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        help="log level (default INFO)",
+    )
 
 
 def _config_from(args: argparse.Namespace, path: str | None) -> GatewayConfig:
@@ -91,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from gateway.demo import run_demo
 
-            return _run_async(run_demo(duration=args.duration, nodes=args.nodes, log_level=args.log_level))
+            return _run_async(
+                run_demo(duration=args.duration, nodes=args.nodes, log_level=args.log_level)
+            )
         config = _config_from(args, args.config)
         _setup_logging(config.log_level)
         return _run_async(_run(config))

@@ -90,9 +90,7 @@ class GatewayConfig:
 
     core: CoreSettings = field(default_factory=CoreSettings)
     broker: BrokerSettings = field(default_factory=lambda: parse_broker_url("mqtt://localhost"))
-    transports: Mapping[str, TransportConfig] = field(
-        default_factory=lambda: {"udp": UdpConfig()}
-    )
+    transports: Mapping[str, TransportConfig] = field(default_factory=lambda: {"udp": UdpConfig()})
     log_level: str = "INFO"
     gateway_name: str = "mqttsn-gateway"
 
@@ -115,7 +113,10 @@ class GatewayConfig:
         for name, transport in self.transports.items():
             kind = next(k for k, v in _TRANSPORT_TYPES.items() if isinstance(transport, v))
             lines += ["", f"[transports.{name}]", f'type = "{kind}"']
-            lines += [_toml_line(f.name, getattr(transport, f.name)) for f in dataclasses.fields(transport)]
+            lines += [
+                _toml_line(f.name, getattr(transport, f.name))
+                for f in dataclasses.fields(transport)
+            ]
         return "\n".join(line for line in lines if line is not None) + "\n"
 
 
@@ -199,7 +200,9 @@ def parse_config(
     level = (log_level or gw.get("log-level") or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("gateway.log-level", f"{level!r}: use DEBUG, INFO, WARNING or ERROR")
-    return GatewayConfig(core, broker_settings, transports, level, str(gw.get("name", "mqttsn-gateway")))
+    return GatewayConfig(
+        core, broker_settings, transports, level, str(gw.get("name", "mqttsn-gateway"))
+    )
 
 
 def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -213,7 +216,9 @@ def _reject_unknown(prefix: str, table: Mapping[str, Any], known: set[str]) -> N
     for key in table:
         if key not in known:
             dotted = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(dotted, f"not recognised; known keys here: {', '.join(sorted(known))}")
+            raise ConfigError(
+                dotted, f"not recognised; known keys here: {', '.join(sorted(known))}"
+            )
 
 
 def _predefined(table: Mapping[str, Any]) -> dict[int, str]:
@@ -222,7 +227,9 @@ def _predefined(table: Mapping[str, Any]) -> dict[int, str]:
         try:
             topic_id = int(key)
         except ValueError:
-            raise ConfigError(f"predefined.{key}", "keys are topic ids (1..65534), e.g. 1 = \"a/b\"") from None
+            raise ConfigError(
+                f"predefined.{key}", 'keys are topic ids (1..65534), e.g. 1 = "a/b"'
+            ) from None
         if not isinstance(value, str):
             raise ConfigError(f"predefined.{key}", "must be a topic name string")
         result[topic_id] = value
@@ -267,7 +274,10 @@ def split_host_port(value: str, key: str) -> tuple[str, int]:
 
 
 def _fields_from(
-    cls: type[Any], table: Mapping[str, Any], prefix: str, exclude: set[str] = frozenset()  # type: ignore[assignment]
+    cls: type[Any],
+    table: Mapping[str, Any],
+    prefix: str,
+    exclude: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> dict[str, Any]:
     """Map kebab-case keys onto ``cls``'s fields, type-checking each value."""
     hints = typing.get_type_hints(cls)

@@ -48,19 +48,20 @@ async def _start_broker(port: int) -> Any:
     broker = Broker(
         {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
         }
     )
     await broker.start()
     return broker
 
 
-async def run_demo(duration: float | None = None, nodes: int = 3, log_level: str = "WARNING") -> int:
+async def run_demo(
+    duration: float | None = None, nodes: int = 3, log_level: str = "WARNING"
+) -> int:
     """Run the demo until ``duration`` seconds pass or Ctrl-C; returns an exit code."""
     import aiomqtt
-
-    from firmware_sim.node import SimNode
-    from firmware_sim.udp_link import UdpNodeLink
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("amqtt", "transitions", "aiomqtt"):
@@ -90,10 +91,14 @@ async def run_demo(duration: float | None = None, nodes: int = 3, log_level: str
             await observer.subscribe("demo/#", qos=1)
             tasks = [
                 asyncio.create_task(_watch_broker(observer, say), name="demo.observer"),
-                asyncio.create_task(_sleepy_node(gateway, observer, udp_port, say, stop), name="demo.sleepy"),
+                asyncio.create_task(
+                    _sleepy_node(gateway, observer, udp_port, say, stop), name="demo.sleepy"
+                ),
             ]
             tasks += [
-                asyncio.create_task(_sensor(f"sensor-{i + 1}", udp_port, i % 2, say, stop), name=f"demo.sensor{i}")
+                asyncio.create_task(
+                    _sensor(f"sensor-{i + 1}", udp_port, i % 2, say, stop), name=f"demo.sensor{i}"
+                )
                 for i in range(nodes)
             ]
             await stop.wait()
@@ -117,7 +122,9 @@ async def _watch_broker(observer: Any, say: _Printer) -> None:
         say("broker", f"got {message.topic} = {bytes(message.payload).decode(errors='replace')!r}")
 
 
-async def _sensor(client_id: str, udp_port: int, qos: int, say: _Printer, stop: asyncio.Event) -> None:
+async def _sensor(
+    client_id: str, udp_port: int, qos: int, say: _Printer, stop: asyncio.Event
+) -> None:
     from firmware_sim.node import SimNode
     from firmware_sim.udp_link import UdpNodeLink
 
@@ -135,7 +142,9 @@ async def _sensor(client_id: str, udp_port: int, qos: int, say: _Printer, stop: 
         await node.disconnect()
 
 
-async def _sleepy_node(gateway: GatewayRuntime, observer: Any, udp_port: int, say: _Printer, stop: asyncio.Event) -> None:
+async def _sleepy_node(
+    gateway: GatewayRuntime, observer: Any, udp_port: int, say: _Printer, stop: asyncio.Event
+) -> None:
     from firmware_sim.node import SimNode
     from firmware_sim.udp_link import UdpNodeLink
 
@@ -150,21 +159,30 @@ async def _sleepy_node(gateway: GatewayRuntime, observer: Any, udp_port: int, sa
             if cycle > 1:  # back to work: CONNECT (CleanSession=0 keeps the subscription)
                 await node.connect(keepalive=30, clean_session=False)
             await node.publish("demo/sleepy/battery", f"{100 - cycle}%", qos=1)
-            say(client_id, f"published demo/sleepy/battery = '{100 - cycle}%' (QoS 1), sleeping; wakes in 4 s")
+            say(
+                client_id,
+                f"published demo/sleepy/battery = '{100 - cycle}%' (QoS 1), sleeping; wakes in 4 s",
+            )
             await node.sleep(10)
             command = f"blink {cycle}"
             await observer.publish("demo/sleepy/cmd", command.encode(), qos=1)
             await asyncio.sleep(0.3)
             session = gateway.core.sessions.get(client_id)
             if session is not None and session.state is SessionState.ASLEEP:
-                say("gateway", f"{client_id} is asleep: buffered {len(session.queue)} message(s) for it")
+                say(
+                    "gateway",
+                    f"{client_id} is asleep: buffered {len(session.queue)} message(s) for it",
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 3.7)
             if stop.is_set():
                 break
             delivered = await node.wake()
             for message in delivered:
-                say(client_id, f"woke up and received {message.topic_name} = {message.payload.decode(errors='replace')!r}")
+                say(
+                    client_id,
+                    f"woke up and received {message.topic_name} = {message.payload.decode(errors='replace')!r}",
+                )
             if not delivered:
                 say(client_id, "woke up; nothing was waiting")
         with contextlib.suppress(Exception):

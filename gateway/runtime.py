@@ -84,7 +84,10 @@ class GatewayRuntime:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -196,7 +199,9 @@ class GatewayRuntime:
         self, client_id: str | None, topic: str, payload: bytes, qos: int, retain: bool
     ) -> None:
         """A PUBLISH from the broker (fan-out happens in the core)."""
-        self._execute(self.core.on_broker_message(topic, payload, qos, retain, self._now(), client_id))
+        self._execute(
+            self.core.on_broker_message(topic, payload, qos, retain, self._now(), client_id)
+        )
         if self.observers:
             self._notify("broker_message", topic=topic, payload=payload, qos=qos, retain=retain)
 
@@ -225,7 +230,13 @@ class GatewayRuntime:
                 a: Any = action
                 upstream.publish(a.client_id, a.topic, a.payload, a.qos, a.retain, a.token)
                 if self.observers:
-                    self._notify("publish_upstream", client_id=a.client_id, topic=a.topic, payload=a.payload, qos=a.qos)
+                    self._notify(
+                        "publish_upstream",
+                        client_id=a.client_id,
+                        topic=a.topic,
+                        payload=a.payload,
+                        qos=a.qos,
+                    )
             elif kind is SubscribeUpstream:
                 upstream.subscribe(action.client_id, action.topic_filter, action.qos)  # type: ignore[attr-defined]
             elif kind is UnsubscribeUpstream:
@@ -255,7 +266,12 @@ class GatewayRuntime:
         if len(frame) > transport.max_frame_size(address):
             # [§6.10] too long for this node's link: dropped, never cut (pitfall P7).
             self.counters["tx_oversize_dropped"] += 1
-            _LOGGER.info("%d-byte %s for %s exceeds the link's frame size; dropped", len(frame), type(message).__name__, address)
+            _LOGGER.info(
+                "%d-byte %s for %s exceeds the link's frame size; dropped",
+                len(frame),
+                type(message).__name__,
+                address,
+            )
             return
         transport.send(address, frame)
         if self.observers:

@@ -67,7 +67,9 @@ def test_run_help_lists_overrides(capsys: pytest.CaptureFixture[str]) -> None:
         assert option in text
 
 
-def test_check_config_prints_effective_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_prints_effective_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """check-config validates a file and prints the effective values."""
     config = tmp_path / "gw.toml"
     config.write_text(

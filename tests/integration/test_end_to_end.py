@@ -10,7 +10,9 @@ from gateway.protocol.constants import TopicIdType
 from tests.integration.conftest import sim_node, wait_for
 
 
-async def test_publish_qos_0_1_2_reach_the_broker(mosquitto, start_gateway, observe, mode, unique_topic):
+async def test_publish_qos_0_1_2_reach_the_broker(
+    mosquitto, start_gateway, observe, mode, unique_topic
+):
     """A node's QoS 0, 1 and 2 publishes arrive at a broker subscriber."""
     gateway = await start_gateway(mosquitto, mode)
     observer = await observe(mosquitto, f"{unique_topic}/#")
@@ -19,7 +21,9 @@ async def test_publish_qos_0_1_2_reach_the_broker(mosquitto, start_gateway, obse
         for qos in (0, 1, 2):
             await node.publish(f"{unique_topic}/q{qos}", f"hello {qos}".encode(), qos=qos)
         for qos in (0, 1, 2):
-            assert await observer.wait_count(f"{unique_topic}/q{qos}", 1) == [f"hello {qos}".encode()]
+            assert await observer.wait_count(f"{unique_topic}/q{qos}", 1) == [
+                f"hello {qos}".encode()
+            ]
 
 
 async def test_subscribe_and_receive_qos_2_downlink(mosquitto, start_gateway, mode, unique_topic):
@@ -31,10 +35,16 @@ async def test_subscribe_and_receive_qos_2_downlink(mosquitto, start_gateway, mo
         async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
             await client.publish(f"{unique_topic}/cmd", b"on", qos=2)
         received = await asyncio.wait_for(anext(node.messages()), 5)
-        assert (received.topic_name, received.payload, received.qos) == (f"{unique_topic}/cmd", b"on", 2)
+        assert (received.topic_name, received.payload, received.qos) == (
+            f"{unique_topic}/cmd",
+            b"on",
+            2,
+        )
 
 
-async def test_wildcard_subscription_registers_each_topic_first(mosquitto, start_gateway, mode, unique_topic):
+async def test_wildcard_subscription_registers_each_topic_first(
+    mosquitto, start_gateway, mode, unique_topic
+):
     """A wildcard subscriber gets REGISTER then PUBLISH for every new concrete topic."""
     gateway = await start_gateway(mosquitto, mode)
     async with sim_node(gateway, "wild-node") as node:
@@ -55,7 +65,9 @@ async def test_wildcard_subscription_registers_each_topic_first(mosquitto, start
         assert len(session.registry) == 2  # two topics registered, the third reused an id
 
 
-async def test_retained_message_delivered_after_suback(mosquitto, start_gateway, mode, unique_topic):
+async def test_retained_message_delivered_after_suback(
+    mosquitto, start_gateway, mode, unique_topic
+):
     """A retained message at the broker reaches a node that subscribes later."""
     async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
         await client.publish(f"{unique_topic}/state", b"retained-on", qos=1, retain=True)
@@ -69,7 +81,9 @@ async def test_retained_message_delivered_after_suback(mosquitto, start_gateway,
         await client.publish(f"{unique_topic}/state", b"", qos=1, retain=True)
 
 
-async def test_will_published_when_node_is_lost(mosquitto, start_gateway, observe, mode, unique_topic):
+async def test_will_published_when_node_is_lost(
+    mosquitto, start_gateway, observe, mode, unique_topic
+):
     """A node that goes silent past 1.5x its keep-alive is lost and its will is published."""
     gateway = await start_gateway(mosquitto, mode)
     observer = await observe(mosquitto, f"{unique_topic}/#")
@@ -84,7 +98,9 @@ async def test_will_published_when_node_is_lost(mosquitto, start_gateway, observ
         )
 
 
-async def test_qos_minus_one_with_predefined_topic(mosquitto, start_gateway, observe, mode, unique_topic):
+async def test_qos_minus_one_with_predefined_topic(
+    mosquitto, start_gateway, observe, mode, unique_topic
+):
     """QoS -1 with a pre-defined id needs no connection and reaches the broker."""
     gateway = await start_gateway(mosquitto, mode, predefined={7: f"{unique_topic}/pre"})
     observer = await observe(mosquitto, f"{unique_topic}/#")
@@ -102,7 +118,9 @@ async def test_qos_minus_one_with_predefined_topic(mosquitto, start_gateway, obs
     transport.close()
 
 
-async def test_sleeping_node_gets_messages_published_while_asleep(mosquitto, start_gateway, mode, unique_topic):
+async def test_sleeping_node_gets_messages_published_while_asleep(
+    mosquitto, start_gateway, mode, unique_topic
+):
     """Messages published at the broker while a node sleeps are delivered when it wakes."""
     gateway = await start_gateway(mosquitto, mode)
     async with sim_node(gateway, "sleepy") as node:

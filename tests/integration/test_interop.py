@@ -20,28 +20,51 @@ def _cli(name: str) -> str:
     return found
 
 
-async def test_mqtt_sn_12_cli_publishes_through_the_gateway(mosquitto, start_gateway, observe, unique_topic):
+async def test_mqtt_sn_12_cli_publishes_through_the_gateway(
+    mosquitto, start_gateway, observe, unique_topic
+):
     """The mqtt-sn-12 package's mqtt_sn_pub (QoS 0 and 1) reaches the broker through us."""
     gateway = await start_gateway(mosquitto)
     observer = await observe(mosquitto, f"{unique_topic}/#")
     for qos in ("0", "1"):
         proc = await asyncio.create_subprocess_exec(
-            _cli("mqtt_sn_pub"), "-h", "127.0.0.1", "-p", str(gateway.udp_port),
-            "-t", f"{unique_topic}/cli", "-m", f"from-cli-{qos}", "-q", qos,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            _cli("mqtt_sn_pub"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(gateway.udp_port),
+            "-t",
+            f"{unique_topic}/cli",
+            "-m",
+            f"from-cli-{qos}",
+            "-q",
+            qos,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, (out, err)
     assert await observer.wait_count(f"{unique_topic}/cli", 2) == [b"from-cli-0", b"from-cli-1"]
 
 
-async def test_mqtt_sn_12_cli_subscribes_through_the_gateway(mosquitto, start_gateway, unique_topic):
+async def test_mqtt_sn_12_cli_subscribes_through_the_gateway(
+    mosquitto, start_gateway, unique_topic
+):
     """mqtt_sn_sub receives a message published at the broker."""
     gateway = await start_gateway(mosquitto)
     proc = await asyncio.create_subprocess_exec(
-        _cli("mqtt_sn_sub"), "-h", "127.0.0.1", "-p", str(gateway.udp_port),
-        "-t", f"{unique_topic}/down", "-q", "1", "-1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        _cli("mqtt_sn_sub"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(gateway.udp_port),
+        "-t",
+        f"{unique_topic}/down",
+        "-q",
+        "1",
+        "-1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
         for _ in range(100):  # until its SUBSCRIBE reached the broker
@@ -54,7 +77,9 @@ async def test_mqtt_sn_12_cli_subscribes_through_the_gateway(mosquitto, start_ga
     assert b"to-cli" in out
 
 
-async def test_tshark_finds_nothing_malformed_in_what_we_send(mosquitto, start_gateway, unique_topic):
+async def test_tshark_finds_nothing_malformed_in_what_we_send(
+    mosquitto, start_gateway, unique_topic
+):
     """Every frame the gateway sends dissects cleanly in tshark's MQTT-SN dissector."""
     tshark = shutil.which("tshark")
     assert tshark, "tshark missing: apt-get install tshark (.ci/run installs it)"
@@ -63,14 +88,17 @@ async def test_tshark_finds_nothing_malformed_in_what_we_send(mosquitto, start_g
     pcap = Path(tempfile.mkdtemp()) / "cap.pcap"
     capture = subprocess.Popen(
         [tshark, "-i", "lo", "-f", f"udp port {port}", "-w", str(pcap)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         await asyncio.sleep(1.5)  # tshark needs a moment before it captures
         async with sim_node(gateway, "shark") as node:
             await node.connect(will=(f"{unique_topic}/will", b"bye", 1, True))
             await node.subscribe(f"{unique_topic}/#", qos=2)
-            await node.publish(f"{unique_topic}/a", b"x" * 300, qos=1)  # long form back via REGISTER
+            await node.publish(
+                f"{unique_topic}/a", b"x" * 300, qos=1
+            )  # long form back via REGISTER
             await node.publish(f"{unique_topic}/b", b"y", qos=2)
             async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
                 await client.publish(f"{unique_topic}/new", b"z", qos=1)  # REGISTER first
@@ -85,9 +113,26 @@ async def test_tshark_finds_nothing_malformed_in_what_we_send(mosquitto, start_g
         capture.terminate()
         capture.wait(10)
     result = subprocess.run(
-        [tshark, "-r", str(pcap), "-d", f"udp.port=={port},mqttsn", "-Y", f"udp.srcport=={port}",
-         "-T", "fields", "-e", "mqttsn.msg.type", "-e", "_ws.expert.message", "-e", "_ws.malformed"],
-        capture_output=True, text=True, timeout=60,
+        [
+            tshark,
+            "-r",
+            str(pcap),
+            "-d",
+            f"udp.port=={port},mqttsn",
+            "-Y",
+            f"udp.srcport=={port}",
+            "-T",
+            "fields",
+            "-e",
+            "mqttsn.msg.type",
+            "-e",
+            "_ws.expert.message",
+            "-e",
+            "_ws.malformed",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) >= 10, f"too few gateway frames captured: {result.stdout} {result.stderr}"

@@ -1,0 +1,142 @@
+"""Many nodes, a broker that restarts mid-stream, and garbage from a raw socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+
+import aiomqtt
+import pytest
+
+from tests.integration.conftest import sim_node, wait_for
+
+
+async def test_200_nodes_10_qos1_messages_each_delivered_exactly(
+    mosquitto, start_gateway, observe, mode, unique_topic
+):
+    """200 nodes x 10 QoS 1 publishes: every payload reaches the broker exactly once."""
+    gateway = await start_gateway(mosquitto, mode)
+    observer = await observe(mosquitto, f"{unique_topic}/#")
+    nodes = [sim_node(gateway, f"load-{i}") for i in range(200)]
+
+    async def run(i: int) -> None:
+        async with nodes[i] as node:
+            await node.connect(keepalive=60)
+            for n in range(10):
+                await node.publish(f"{unique_topic}/n{i}", f"{i}:{n}".encode(), qos=1)
+            await node.disconnect()
+
+    await asyncio.wait_for(asyncio.gather(*(run(i) for i in range(200))), 90)
+    await wait_for(lambda: len(observer.messages) >= 2000, 20, "2000 messages at the broker")
+    await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
+    payloads = sorted(bytes(m.payload) for m in observer.messages)
+    expected = sorted(f"{i}:{n}".encode() for i in range(200) for n in range(10))
+    assert payloads == expected
+
+
+async def test_broker_restart_mid_qos1_stream_loses_nothing(
+    private_mosquitto, start_gateway, unique_topic
+):
+    """Mosquitto restarts in the middle of a QoS 1 stream: every acknowledged message arrives."""
+    broker = private_mosquitto
+    gateway = await start_gateway(broker, mqttsn={"t-retry": 2.0, "n-retry": 10})
+    received: set[bytes] = set()
+
+    async def subscriber() -> None:
+        # A persistent subscriber session, so messages published while it reconnects are queued.
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    broker.host, broker.port, identifier="restart-sub", clean_session=False
+                ) as client:
+                    await client.subscribe(f"{unique_topic}/#", qos=1)
+                    async for message in client.messages:
+                        received.add(bytes(message.payload))
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)
+
+    sub_task = asyncio.create_task(subscriber())
+    await asyncio.sleep(0.5)
+    acked: list[bytes] = []
+
+    async def restart_later() -> None:
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(broker.start)
+
+    async with sim_node(gateway, "streamer", t_retry=2.0, n_retry=10) as node:
+        await node.connect(keepalive=60)
+        for n in range(300):
+            if n == 100:
+                broker.stop()
+                restart = asyncio.create_task(restart_later())
+            payload = f"m{n}".encode()
+            await node.publish(f"{unique_topic}/s", payload, qos=1)
+            acked.append(payload)
+    await wait_for(
+        lambda: set(acked) <= received, 30, "every acknowledged message at the subscriber"
+    )
+    sub_task.cancel()
+    await restart
+    assert len(acked) == 300
+
+
+async def test_garbage_datagrams_do_not_stop_the_gateway(
+    mosquitto, start_gateway, observe, unique_topic, caplog
+):
+    """Random and malformed datagrams are counted and logged (rate-limited); nodes still served."""
+    gateway = await start_gateway(mosquitto)
+    observer = await observe(mosquitto, f"{unique_topic}/#")
+    rng = random.Random(7)
+    frames = [
+        b"",
+        b"\x00",
+        b"\x01",
+        b"\x05\x04",
+        b"\x03\x04\x00",
+        b"\x01\x00\x02\x0c",
+        b"\xff" * 300,
+    ]
+    frames += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80))) for _ in range(500)]
+    frames.append(os.urandom(70_000)[:65_000])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        for frame in frames:
+            raw.sendto(frame, ("127.0.0.1", gateway.udp_port))
+            await asyncio.sleep(0)
+    await asyncio.sleep(0.3)
+    malformed = gateway.counters["rx_malformed"] + sum(
+        t.counters.get("rx_malformed", 0) + t.counters.get("rx_oversize", 0)
+        for t in gateway.transports
+        if hasattr(t, "counters")
+    )
+    assert malformed >= 100
+    warnings = [
+        r for r in caplog.records if r.levelno >= logging.WARNING and "malformed" in r.getMessage()
+    ]
+    assert 1 <= len(warnings) <= 10  # rate-limited per source
+    async with sim_node(gateway, "survivor") as node:
+        await node.connect()
+        await node.publish(f"{unique_topic}/ok", b"still-here", qos=1)
+    assert await observer.wait_count(f"{unique_topic}/ok", 1) == [b"still-here"]
+
+
+@pytest.mark.parametrize("family", ["ipv6"])
+async def test_ipv6_node(mosquitto, observe, unique_topic, family):
+    """A node on IPv6 loopback is served like any other."""
+    from firmware_sim.node import SimNode
+    from firmware_sim.udp_link import UdpNodeLink
+    from gateway.config import parse_config
+    from gateway.runtime import GatewayRuntime
+    from tests.mosquitto import free_port
+
+    port = free_port(socket.SOCK_DGRAM, "::1")
+    config = parse_config({"mqttsn": {"t-adv": 0}}, udp=f"[::1]:{port}", broker=mosquitto.url)
+    observer = await observe(mosquitto, f"{unique_topic}/#")
+    async with GatewayRuntime(config) as gateway:
+        await wait_for(lambda: gateway.upstream.connected, 10, "broker connection")
+        async with SimNode("v6-node", UdpNodeLink(("::1", port))) as node:
+            await node.connect()
+            await node.publish(f"{unique_topic}/v6", b"six", qos=1)
+        assert await observer.wait_count(f"{unique_topic}/v6", 1) == [b"six"]
