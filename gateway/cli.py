@@ -37,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and --help)."""
     parser = argparse.ArgumentParser(
         prog="mqttsn-gateway",
-        description="MQTT-SN 1.2 gateway: UDP, XBee, serial and Bluetooth LE sensor nodes to an MQTT broker.",
+        description=(
+            "MQTT-SN 1.2 gateway: UDP, XBee, serial and Bluetooth LE sensor nodes "
+            "to an MQTT broker."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -179,10 +179,8 @@ async def _sleepy_node(
                 break
             delivered = await node.wake()
             for message in delivered:
-                say(
-                    client_id,
-                    f"woke up and received {message.topic_name} = {message.payload.decode(errors='replace')!r}",
-                )
+                text = message.payload.decode(errors="replace")
+                say(client_id, f"woke up and received {message.topic_name} = {text!r}")
             if not delivered:
                 say(client_id, "woke up; nothing was waiting")
         with contextlib.suppress(Exception):
