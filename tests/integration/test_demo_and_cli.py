@@ -103,3 +103,10 @@ def test_config_errors_name_the_key(
     config.write_text(toml)
     assert main(["check-config", str(config)]) == 2
     assert key in capsys.readouterr().err
+
+
+def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    """deploy/gateway.example.toml, the file users copy, passes check-config."""
+    example = Path(__file__).parents[2] / "deploy" / "gateway.example.toml"
+    assert main(["check-config", str(example)]) == 0
+    assert '2 = "sensors/humidity"' in capsys.readouterr().out
