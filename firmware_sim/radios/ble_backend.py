@@ -72,7 +72,7 @@ class SimBleNetwork:
     """The simulated air: one LocalLink shared by gateway adapters and sensor nodes."""
 
     def __init__(self, *, central_mtu: int = DEFAULT_CENTRAL_MTU) -> None:
-        self.link = LocalLink()
+        self.link = LocalLink()  # type: ignore[no-untyped-call]
         self.central_mtu = central_mtu
         self.adapters: list[SimAdapter] = []
         self._node_numbers = itertools.count(1)

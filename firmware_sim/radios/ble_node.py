@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 from bumble import core, hci
@@ -26,6 +27,7 @@ from bumble.gatt import Characteristic, CharacteristicValue, Service
 
 from firmware_sim.link import FrameReceiver, NodeLink
 from firmware_sim.radios.ble_backend import SimBleNetwork, new_bumble_device
+from gateway.errors import TransportError
 from transports.ble_stream import (
     ATT_DEFAULT_MTU,
     DEFAULT_MAX_FRAME_SIZE,
@@ -43,6 +45,8 @@ _LOGGER = logging.getLogger(__name__)
 
 _ADV_DATA_MAX = 31  # legacy advertising PDU payload
 _DISCONNECT_TIMEOUT = 2.0
+_USER_TERMINATED = hci.HCI_REMOTE_USER_TERMINATED_CONNECTION_ERROR
+_OUT_OF_RANGE = hci.HCI_CONNECTION_TIMEOUT_ERROR  # what a supervision timeout reports
 
 
 class BleSimNodeRadio(NodeLink):
@@ -58,7 +62,7 @@ class BleSimNodeRadio(NodeLink):
         write_without_response: give RX the Write Without Response property (else the gateway
             must write with response).
         link_timeout: how long ``send`` and ``wake_radio`` wait for the gateway to connect and
-            enable notifications.
+            enable notifications before raising ``TransportError``.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class BleSimNodeRadio(NodeLink):
         self._send_lock = asyncio.Lock()  # one frame's chunks are never interleaved with another's
         self._adv_lock = asyncio.Lock()
         self._awake = False
+        self._vanish_after: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.frames_sent = 0
         self.frames_received = 0
@@ -128,11 +133,11 @@ class BleSimNodeRadio(NodeLink):
         rx_properties = Characteristic.Properties.WRITE
         if self.write_without_response:
             rx_properties |= Characteristic.Properties.WRITE_WITHOUT_RESPONSE
-        rx = Characteristic(
+        rx: Characteristic[bytes] = Characteristic(
             rx_uuid,
             rx_properties,
             Characteristic.WRITEABLE,
-            CharacteristicValue(write=self._on_rx_write),
+            CharacteristicValue[bytes](write=self._on_rx_write),
         )
         tx: Characteristic[bytes] = Characteristic(
             tx_uuid, Characteristic.Properties.NOTIFY, Characteristic.READABLE, b""
@@ -147,22 +152,18 @@ class BleSimNodeRadio(NodeLink):
         await self._advertise()
 
     async def send(self, frame: bytes) -> None:
-        """Notify one frame to the gateway, waiting (bounded) for it to connect and subscribe."""
+        """Notify one frame to the gateway, waiting (bounded) for it to connect and subscribe.
+
+        Raises:
+            TransportError: the radio sleeps, no gateway subscribed within ``link_timeout``, or
+                the link dropped while the frame was going out.
+        """
         if not self._awake:
-            _LOGGER.warning("%s: send while the radio sleeps; frame dropped", self.name)
-            return
-        try:
-            async with asyncio.timeout(self.link_timeout):
-                await self._ready.wait()
-        except TimeoutError:
-            _LOGGER.warning(
-                "%s: no gateway within %.1fs; frame dropped", self.name, self.link_timeout
-            )
-            return
+            raise TransportError(f"{self.name}: the BLE radio is asleep; frame not sent")
+        await self._wait_ready()
         async with self._send_lock:
             if not await self._notify(frame):
-                _LOGGER.info("%s: link lost while sending; frame dropped", self.name)
-                return
+                raise TransportError(f"{self.name}: BLE link lost while sending")
             self.frames_sent += 1
 
     async def broadcast(self, frame: bytes, radius: int = 0) -> None:
@@ -176,7 +177,9 @@ class BleSimNodeRadio(NodeLink):
         self._awake = False
         for task in list(self._tasks):
             task.cancel()
-        await self._go_quiet(hci.HCI_REMOTE_USER_TERMINATED_CONNECTION_ERROR)
+        await self._go_quiet(_USER_TERMINATED)
+        for connection in list(self._device.connections.values()):  # e.g. a cancelled vanish
+            await self._shut_down(connection, _USER_TERMINATED)
         await self._device.power_off()
         with contextlib.suppress(KeyError):
             self.network.link.remove_controller(self._controller)
@@ -185,7 +188,7 @@ class BleSimNodeRadio(NodeLink):
     async def sleep_radio(self) -> None:
         """Stop advertising and disconnect (the gateway sees LINK_DOWN)."""
         self._awake = False
-        await self._go_quiet(hci.HCI_REMOTE_USER_TERMINATED_CONNECTION_ERROR)
+        await self._go_quiet(_USER_TERMINATED)
 
     async def wake_radio(self) -> None:
         """Advertise again and wait until the gateway has reconnected and subscribed."""
@@ -194,8 +197,7 @@ class BleSimNodeRadio(NodeLink):
         if not self._awake:
             self._awake = True
             await self._advertise()
-        async with asyncio.timeout(self.link_timeout):
-            await self._ready.wait()
+        await self._wait_ready()
 
     async def vanish_mid_frame(self, frame: bytes) -> None:
         """Send the first half of ``frame``, then drop the link as if out of range (radio off).
@@ -203,12 +205,28 @@ class BleSimNodeRadio(NodeLink):
         The node stays silent until ``wake_radio()``; the gateway must not stitch the half
         frame to what the next connection carries.
         """
-        async with asyncio.timeout(self.link_timeout):
-            await self._ready.wait()
+        await self._wait_ready()
         async with self._send_lock:
             await self._notify(frame[: max(1, len(frame) // 2)])
         self._awake = False
-        await self._go_quiet(hci.HCI_CONNECTION_TIMEOUT_ERROR)
+        await self._go_quiet(_OUT_OF_RANGE)
+
+    def vanish_when_receiving(self, after_bytes: int) -> None:
+        """Arm a one-shot fault: drop the link while a frame from the gateway is half received.
+
+        Once ``after_bytes`` of an incomplete frame have arrived, the node goes quiet as if out
+        of range (radio off until ``wake_radio()``).
+        """
+        self._vanish_after = after_bytes
+
+    async def _wait_ready(self) -> None:
+        try:
+            async with asyncio.timeout(self.link_timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            raise TransportError(
+                f"{self.name}: no gateway connected and subscribed within {self.link_timeout}s"
+            ) from None
 
     async def _notify(self, data: bytes) -> bool:
         """Notify ``data`` in MTU-sized chunks; False if the connection went away first."""
@@ -255,7 +273,13 @@ class BleSimNodeRadio(NodeLink):
 
     async def _go_quiet(self, reason: int) -> None:
         """Stop advertising and drop the connection (the caller cleared ``_awake`` first)."""
-        device, connection = self._device, self._connection
+        # From here on the radio is off: chunks still in flight are not heard.
+        connection = self._connection
+        self._forget_connection()
+        await self._shut_down(connection, reason)
+
+    async def _shut_down(self, connection: Connection | None, reason: int) -> None:
+        device = self._device
         if device is None:
             return
         await self._stop_advertising()
@@ -263,9 +287,11 @@ class BleSimNodeRadio(NodeLink):
             with contextlib.suppress(core.BaseBumbleError, TimeoutError):
                 async with asyncio.timeout(_DISCONNECT_TIMEOUT):
                     await connection.disconnect(reason)
-        self._forget_connection()
 
     def _on_connection(self, connection: Connection) -> None:
+        if not self._awake:  # the radio went to sleep while this connection was forming
+            self._spawn(self._shut_down(connection, _USER_TERMINATED))
+            return
         self._connection = connection
         self.connections += 1
         self._reassembler.reset()  # link format rule 2: a frame never straddles connections
@@ -288,9 +314,12 @@ class BleSimNodeRadio(NodeLink):
         _LOGGER.debug("%s: disconnected (reason 0x%02X)", self.name, reason)
         if self._awake and self._device is not None:
             # A peripheral that lost its central advertises again, as real firmware does.
-            task = asyncio.get_running_loop().create_task(self._readvertise())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._readvertise())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _readvertise(self) -> None:
         with contextlib.suppress(core.BaseBumbleError):
@@ -307,3 +336,8 @@ class BleSimNodeRadio(NodeLink):
         for frame in self._reassembler.feed(bytes(value)):
             self.frames_received += 1
             self._receive(frame)
+        if self._vanish_after is not None and self._reassembler.buffered >= self._vanish_after:
+            self._vanish_after = None
+            self._awake = False
+            self._forget_connection()  # deaf at once: the rest of the frame is already in flight
+            self._spawn(self._shut_down(connection, _OUT_OF_RANGE))
