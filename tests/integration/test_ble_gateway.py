@@ -58,7 +58,7 @@ async def test_ble_node_publishes_qos_0_1_2(ble_gateway, observe, mosquitto, uni
 
 async def test_ble_node_subscribes_and_receives(ble_gateway, mosquitto, unique_topic):
     """A BLE node subscribed at QoS 1 receives a broker message."""
-    gateway, network = ble_gateway
+    _gateway, network = ble_gateway
     async with SimNode(
         "ble-sub", BleSimNodeRadio(network, name="ble-sub", mtu=64), t_retry=2.0
     ) as node:
