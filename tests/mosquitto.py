@@ -34,7 +34,9 @@ def mosquitto_binary() -> str:
 class MosquittoBroker:
     """Start, stop and restart one Mosquitto on a fixed free port (persistence off)."""
 
-    def __init__(self, port: int | None = None, extra_config: str = "") -> None:
+    def __init__(
+        self, port: int | None = None, extra_config: str = "", *, persistent: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
@@ -44,8 +46,12 @@ class MosquittoBroker:
             "allow_anonymous true\n"
             "max_queued_messages 100000\n"
             "max_inflight_messages 0\n"
-            "persistence false\n"
-            f"{extra_config}\n"
+            + (
+                f"persistence true\npersistence_location {self._dir}/\nautosave_interval 0\n"
+                if persistent
+                else "persistence false\n"
+            )
+            + f"{extra_config}\n"
         )
         self._log = self._dir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
