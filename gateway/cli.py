@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.config import GatewayConfig, load_config, parse_config
+from gateway.config import GatewayConfig, default_state_file, load_config, parse_config
 from gateway.errors import ConfigError, GatewayError
+from gateway.store import StoreError
 
 __all__ = ["main"]
 
@@ -110,6 +112,15 @@ def _add_overrides(parser: argparse.ArgumentParser, with_config: bool = True) ->
         help="pre-defined topic id (repeatable)",
     )
     parser.add_argument(
+        "--state",
+        metavar="PATH",
+        help=(
+            "state file (SQLite) so sessions and buffered messages survive a restart; default "
+            "$STATE_DIRECTORY/state.sqlite or ~/.local/state/mqttsn-gateway/state.sqlite; "
+            ":memory: keeps state in memory only"
+        ),
+    )
+    parser.add_argument(
         "--log-level",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         type=str.upper,
@@ -124,10 +135,12 @@ def _config_from(args: argparse.Namespace, path: str | None) -> GatewayConfig:
         "mode": args.mode,
         "predefined": dict(args.predefined),
         "log_level": args.log_level,
+        "state": args.state,
     }
-    if path:
-        return load_config(path, **overrides)
-    return parse_config({}, **overrides)
+    config = load_config(path, **overrides) if path else parse_config({}, **overrides)
+    if config.state_file is None:
+        config = dataclasses.replace(config, state_file=default_state_file())
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_async(_run(config))
     except ConfigError as exc:
         sys.stderr.write(f"mqttsn-gateway: configuration error: {exc}\n")
+        return 2
+    except StoreError as exc:
+        sys.stderr.write(f"mqttsn-gateway: {exc}\n")
         return 2
     except GatewayError as exc:
         sys.stderr.write(f"mqttsn-gateway: {exc}\n")

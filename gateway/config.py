@@ -7,6 +7,7 @@ and every error names the dotted key and says how to fix it (``ConfigError``).
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -25,6 +26,7 @@ __all__ = [
     "SerialConfig",
     "UdpConfig",
     "XBeeConfig",
+    "default_state_file",
     "load_config",
     "parse_config",
 ]
@@ -75,6 +77,8 @@ class BleConfig:
     max_connections: int = 8
 
 
+_DEFAULT_STATE_MAX_BYTES = 64 * 1024 * 1024  # gateway.store.DEFAULT_MAX_BYTES (not imported: cheap)
+
 TransportConfig = UdpConfig | SerialConfig | XBeeConfig | BleConfig
 _TRANSPORT_TYPES: dict[str, type[Any]] = {
     "udp": UdpConfig,
@@ -93,10 +97,18 @@ class GatewayConfig:
     transports: Mapping[str, TransportConfig] = field(default_factory=lambda: {"udp": UdpConfig()})
     log_level: str = "INFO"
     gateway_name: str = "mqttsn-gateway"
+    #: ``[gateway] state-file``: the SQLite state file; ":memory:" keeps state in memory only.
+    #: None (not set): ``mqttsn-gateway run`` uses ``default_state_file()``; a GatewayRuntime
+    #: built from this object keeps state in memory.
+    state_file: str | None = None
+    #: ``[gateway] state-max-bytes``: the cap on the state file's size (SD cards).
+    state_max_bytes: int = _DEFAULT_STATE_MAX_BYTES
 
     def to_toml(self) -> str:
         """The effective configuration as TOML (secrets redacted), for ``check-config``."""
         lines = ["[gateway]", f'name = "{self.gateway_name}"', f'log-level = "{self.log_level}"']
+        lines.append(_toml_line("state_file", self.state_file))
+        lines.append(_toml_line("state_max_bytes", self.state_max_bytes))
         lines += ["", "[broker]", f'url = "{self.broker.url}"']
         for f in dataclasses.fields(self.broker):
             if f.name in ("host", "port", "tls", "username", "password"):
@@ -138,6 +150,20 @@ def _toml_line(name: str, value: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def default_state_file() -> str:
+    """Where ``run`` keeps its state without ``--state``: the data directory.
+
+    ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``), else ``$XDG_STATE_HOME`` or
+    ``~/.local/state``, in ``mqttsn-gateway/``; the file is ``state.sqlite``.
+    """
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return str(Path(systemd) / "state.sqlite")
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return str(base / "mqttsn-gateway" / "state.sqlite")
+
+
 def load_config(path: str | Path, **overrides: Any) -> GatewayConfig:
     """Read and validate a TOML file; ``overrides`` are the CLI's (see ``parse_config``)."""
     try:
@@ -159,11 +185,14 @@ def parse_config(
     mode: str | None = None,
     predefined: Mapping[int, str] | None = None,
     log_level: str | None = None,
+    state: str | None = None,
 ) -> GatewayConfig:
     """Validate a parsed TOML document; keyword arguments override what the file says."""
     _reject_unknown("", data, {"gateway", "broker", "mqttsn", "predefined", "transports"})
     gw = _table(data, "gateway")
-    _reject_unknown("gateway", gw, {"name", "log-level", "id", "mode"})
+    _reject_unknown(
+        "gateway", gw, {"name", "log-level", "id", "mode", "state-file", "state-max-bytes"}
+    )
     mqttsn = dict(_table(data, "mqttsn"))
     if "id" in gw:
         mqttsn.setdefault("gw-id", gw["id"])
@@ -200,8 +229,20 @@ def parse_config(
     level = (log_level or gw.get("log-level") or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("gateway.log-level", f"{level!r}: use DEBUG, INFO, WARNING or ERROR")
+    state_file = state if state is not None else gw.get("state-file")
+    if state_file is not None and (not isinstance(state_file, str) or not state_file):
+        raise ConfigError("gateway.state-file", f'{state_file!r}: a path, or ":memory:"')
+    max_bytes = gw.get("state-max-bytes", _DEFAULT_STATE_MAX_BYTES)
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 65536:
+        raise ConfigError("gateway.state-max-bytes", f"{max_bytes!r}: an integer >= 65536")
     return GatewayConfig(
-        core, broker_settings, transports, level, str(gw.get("name", "mqttsn-gateway"))
+        core,
+        broker_settings,
+        transports,
+        level,
+        str(gw.get("name", "mqttsn-gateway")),
+        state_file,
+        max_bytes,
     )
 
 

@@ -34,6 +34,7 @@ from gateway.core import (
 from gateway.errors import RemoteProtocolError
 from gateway.protocol.codec import decode, encode
 from gateway.protocol.messages import Encapsulated, Message
+from gateway.store import MEMORY, OutboxEntry, StateStore
 from transports import create_transport
 from transports.base import Address, LinkEvent, Transport
 
@@ -76,6 +77,8 @@ class GatewayRuntime:
         self._closed = asyncio.Event()
         self._started = False
         self.observers: list[Any] = []  # callables(event: str, **fields) for the demo and tests
+        self.store: StateStore | None = None  # the state file, once started (None: in memory)
+        self._held: list[tuple[Hashable, Message]] | None = None  # frames before transports open
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -97,21 +100,29 @@ class GatewayRuntime:
             raise RuntimeError("GatewayRuntime is not re-entrant")
         self._started = True
         self._loop = asyncio.get_running_loop()
+        outbox = self._open_store()  # first: a bad state file stops us before any I/O
         if self._upstream is None:
-            options: dict[str, Any] = {}
-            if self.config.core.mode is Mode.AGGREGATING:
-                options["gateway_id"] = f"{self.config.gateway_name}-{self.config.core.gw_id}"
             self._upstream = create_upstream(
-                self.config.broker, self.config.core.mode.value, **options
+                self.config.broker,
+                self.config.core.mode.value,
+                gateway_id=f"{self.config.gateway_name}-{self.config.core.gw_id}",
             )
         if self._transports is None:
             self._transports = [
                 create_transport(name, options) for name, options in self.config.transports.items()
             ]
         await self._upstream.start(self)
+        if self.store is not None:
+            # Restored nodes may be answered (a PUBACK for a saved publish) before the
+            # transports are open: hold those frames, never drop them.
+            self._held = []
+            self._resume(outbox)
         for transport in self._transports:
             await transport.start(self._make_sink(transport), self._on_link_event)
             _LOGGER.info("transport %s started: %r", transport.name, transport)
+        held, self._held = self._held, None
+        for address, message in held or ():
+            self._send(address, message)
         self._reschedule()
 
     async def close(self) -> None:
@@ -128,6 +139,8 @@ class GatewayRuntime:
                 _LOGGER.exception("closing transport %s failed", transport.name)
         if self._upstream is not None:
             await self._upstream.close()
+        if self.store is not None:
+            await self.store.close()  # after the bridge: its last acknowledgements are saved
         _LOGGER.info("gateway stopped: %s", dict(self.counters))
 
     async def wait_closed(self) -> None:
@@ -169,6 +182,8 @@ class GatewayRuntime:
         actions = self.core.receive(address, message, self._now())
         if actions:
             self._execute(actions)
+        elif self.store is not None:
+            self.store.changed()
         if self.observers:
             self._notify("frame_in", address=address, message=message)
 
@@ -207,6 +222,10 @@ class GatewayRuntime:
 
     def on_publish_done(self, token: int, ok: bool) -> None:
         """The broker acknowledged an uplink QoS 1/2 publish (or it failed)."""
+        if self.store is not None:
+            if not ok and self._closed.is_set():
+                return  # given up because we stop: kept in the state file, sent after restart
+            self.store.outbox_done(token)
         self._execute(self.core.on_publish_done(token, ok, self._now()))
 
     def on_connection(self, client_id: str | None, connected: bool, return_code: int) -> None:
@@ -229,6 +248,8 @@ class GatewayRuntime:
             elif kind is PublishUpstream:
                 a: Any = action
                 upstream.publish(a.client_id, a.topic, a.payload, a.qos, a.retain, a.token)
+                if a.token is not None and self.store is not None:
+                    self.store.outbox_add(a)
                 if self.observers:
                     self._notify(
                         "publish_upstream",
@@ -249,8 +270,13 @@ class GatewayRuntime:
             elif kind is CloseUpstreamSession:
                 upstream.close_session(action.client_id, action.fire_will)  # type: ignore[attr-defined]
         self._reschedule()
+        if self.store is not None:
+            self.store.changed()
 
     def _send(self, address: Hashable, message: Message) -> None:
+        if self._held is not None:
+            self._held.append((address, message))
+            return
         try:
             frame = encode(message)
         except Exception:  # our bug: log it, never take the loop down
@@ -301,6 +327,43 @@ class GatewayRuntime:
             if transport.owns(address):
                 return transport
         return None
+
+    # ------------------------------------------------------------------ state file
+
+    def _open_store(self) -> list[OutboxEntry]:
+        """Open the state file (StoreError if unusable) and load the core from it."""
+        path = self.config.state_file
+        if path is None or path == MEMORY:
+            return []
+        store = StateStore(path, max_bytes=self.config.state_max_bytes)
+        try:
+            restored = store.load(self.config.core, self._now())
+        except BaseException:
+            store.abandon()
+            raise
+        self.core = GatewayCore(self.config.core, state=restored.core)
+        assert self._loop is not None
+        store.attach(self.core, self._loop)
+        self.store = store
+        return restored.outbox
+
+    def _resume(self, outbox: list[OutboxEntry]) -> None:
+        """After a restart: reopen node sessions, publish the saved outbox, then re-subscribe."""
+        upstream = self.upstream
+        actions = self.core.resume_actions()
+        opens = [a for a in actions if isinstance(a, OpenUpstreamSession)]
+        opened = {a.client_id for a in opens}
+        self._execute(opens)
+        transparent = self.config.core.mode is Mode.TRANSPARENT
+        for entry in outbox:
+            # Transparent: a node without a connection now goes out on the gateway's own one.
+            client_id = entry.client_id if not transparent or entry.client_id in opened else None
+            upstream.publish(
+                client_id, entry.topic, entry.payload, entry.qos, entry.retain, entry.token
+            )
+        self._execute([a for a in actions if not isinstance(a, OpenUpstreamSession)])
+        if outbox:
+            _LOGGER.info("published %d saved uplink message(s) again", len(outbox))
 
     # ------------------------------------------------------------------ timers
 

@@ -46,7 +46,7 @@ class _FormatGuard(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             record.getMessage()
-        except Exception as exc:  # noqa: BLE001 - any formatting failure is the finding
+        except Exception as exc:
             self.errors.append(f"{record.pathname}:{record.lineno}: {exc!r}")
 
 

@@ -1,4 +1,4 @@
-"""The transport contract: deliver (address, frame) up, send frames down; nothing MQTT-SN beyond framing."""
+"""The transport contract: frames up as (address, bytes), frames down; no MQTT-SN parsing."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ __all__ = [
     "UdpAddress",
 ]
 
-# Any frozen, hashable value naming a peer on one transport (UdpAddress, XBeeAddress, BleAddress...).
+# Any frozen, hashable value naming a peer on one transport (UdpAddress, XBeeAddress, ...).
 Address = Hashable
 
 

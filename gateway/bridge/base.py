@@ -1,4 +1,4 @@
-"""The upstream contract: publish/subscribe at a broker for the core; report what the broker does."""
+"""The upstream contract: publish and subscribe at a broker; report what the broker does."""
 
 from __future__ import annotations
 
@@ -70,12 +70,12 @@ class Upstream(ABC):
     def unsubscribe(self, client_id: str | None, topic_filter: str) -> None:
         """Drop one reference to a subscription; unsubscribe at the broker when none is left."""
 
-    def open_session(
+    def open_session(  # noqa: B027 - optional: only transparent bridges open sessions
         self, client_id: str, clean_session: bool, will: Will | None, keepalive: int
     ) -> None:
         """Transparent mode: open the node's own connection; reports on_connection(client_id)."""
 
-    def close_session(self, client_id: str, fire_will: bool) -> None:
+    def close_session(self, client_id: str, fire_will: bool) -> None:  # noqa: B027
         """Transparent mode: close the node's connection; without DISCONNECT when ``fire_will``."""
 
     @property

@@ -53,6 +53,7 @@ class DeliveryMixin:
     _timers: TimerHeap
     _predefined_by_name: dict[str, int]
     _aggregating: bool
+    dirty: set[str] | None
 
     # Provided by GatewayCore.
     def _session_at(self, address: Hashable) -> ClientSession | None: ...  # pragma: no cover
@@ -118,8 +119,12 @@ class DeliveryMixin:
             self._send_delivery(session, delivery, now, out)
             if state is S.AWAKE:
                 self._pump(session, now, out)
+            if self.dirty is not None and (session.inflight is not None or state is S.AWAKE):
+                self.dirty.add(session.client_id)  # a QoS 0 sent at once changes nothing kept
             return
         if state in _PERSISTENT_QUEUE or session.inflight is not None or session.queue:
+            if self.dirty is not None:
+                self.dirty.add(session.client_id)
             if state in (S.DISCONNECTED, S.LOST) and delivery.qos == 0:
                 self.budget.count_drop("offline_qos0")
                 return

@@ -119,6 +119,9 @@ class GatewayCore(DeliveryMixin):
         self._gwinfo_checked = 0.0
         self._predefined_by_name = {name: tid for tid, name in s.predefined.items()}
         self._aggregating = s.mode is Mode.AGGREGATING
+        # ClientIds whose kept state changed since the state file last took them (None: no
+        # state file, nothing tracked). A QoS 0/-1 PUBLISH from a node never lands here.
+        self.dirty: set[str] | None = None
         self._handlers: dict[type, Callable[[Hashable, Any, float, list[Action]], None]] = {
             Publish: self._on_publish,
             Puback: self._on_puback,
@@ -151,7 +154,17 @@ class GatewayCore(DeliveryMixin):
             # ADVERTISE/GWINFO from other gateways or nodes, and gateway-only messages.
             self.counters[f"ignored_{type(message).__name__}"] += 1
             return out
+        dirty = self.dirty
+        if dirty is None or (type(message) is Publish and message.qos <= 0):
+            handler(address, message, now, out)  # the hot path: nothing kept changes
+            return out
+        before = self.by_address.get(address)  # a session forgotten by this message
         handler(address, message, now, out)
+        after = self.by_address.get(address)
+        if before is not None:
+            dirty.add(before)
+        if after is not None:
+            dirty.add(after)
         return out
 
     def on_publish_done(self, token: int, ok: bool, now: float) -> list[Action]:
@@ -161,6 +174,8 @@ class GatewayCore(DeliveryMixin):
         if entry is None:
             return out
         client_id, msg_id = entry
+        if self.dirty is not None:
+            self.dirty.add(client_id)
         session = self.sessions.get(client_id)
         pending = session.uplink.get(msg_id) if session else None
         if session is None or pending is None or pending.token != token:
@@ -199,6 +214,8 @@ class GatewayCore(DeliveryMixin):
         session = self.sessions.get(client_id)
         if session is None or session.state is not S.CONNECTING or session.will_stage != "upstream":
             return out
+        if self.dirty is not None:
+            self.dirty.add(client_id)
         session.will_stage = ""
         if ok:
             self._accept_connect(session, now, out)
@@ -235,6 +252,8 @@ class GatewayCore(DeliveryMixin):
             session = self.sessions.get(client_id)
             if session is None:
                 continue
+            if self.dirty is not None:
+                self.dirty.add(client_id)
             if kind == "retry":
                 self._check_retry(session, now, out)
             else:
@@ -272,6 +291,24 @@ class GatewayCore(DeliveryMixin):
             self._schedule_supervision(session)
             if session.inflight is not None:
                 self._timers.push(session.inflight.deadline, session.client_id, "retry")
+
+    def resume_actions(self) -> list[Action]:
+        """After loading a state: what the broker side must be asked for again.
+
+        Aggregating: one SUBSCRIBE per filter. Transparent: each connected or sleeping node's
+        own connection (its clean flag and will) and its subscriptions.
+        """
+        if self._aggregating:
+            return [SubscribeUpstream(None, f, qos) for f, qos in self.index.filters()]
+        out: list[Action] = []
+        for session in self.sessions.values():
+            if session.state in (S.ACTIVE, S.ASLEEP, S.AWAKE):
+                will = self._will_of(session)
+                keepalive = int(session.keepalive)
+                cid = session.client_id
+                out.append(OpenUpstreamSession(cid, session.clean_session, will, keepalive))
+                out.extend(SubscribeUpstream(cid, f, q) for f, q in session.subscriptions.items())
+        return out
 
     def upstream_subscriptions(self) -> list[tuple[str, int]]:
         """Aggregating mode: every filter the shared connection must hold (after a restart)."""

@@ -13,7 +13,6 @@ import pytest
 
 from tests.integration.conftest import sim_node, wait_for
 from tests.mosquitto import MosquittoBroker
-from tests.mosquitto import MosquittoBroker
 
 
 async def test_200_nodes_10_qos1_messages_each_delivered_exactly(

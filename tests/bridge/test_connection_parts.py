@@ -1,0 +1,61 @@
+"""Pieces of the connection that need no broker: backoff, packet ids, framing check."""
+
+from __future__ import annotations
+
+import mqtt5
+import pytest
+
+from gateway.bridge.connection import Backoff
+from gateway.bridge.mqtt5_connection import Mqtt5Connection, _packet_complete, _Pending
+from gateway.bridge.url import parse_broker_url
+from tests.bridge.helpers import Recorder
+
+
+class _Handler(Recorder):
+    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        pass
+
+    def on_state(self, connected: bool, return_code: int) -> None:
+        pass
+
+
+def test_backoff_doubles_to_the_cap_with_jitter() -> None:
+    """0.1 s doubling to 30 s; jitter stays within +-20 %; reset starts over."""
+    low = Backoff(rng=lambda: 0.0)
+    assert [round(low.next(), 3) for _ in range(4)] == [0.08, 0.16, 0.32, 0.64]
+    high = Backoff(rng=lambda: 1.0)
+    delays = [high.next() for _ in range(20)]
+    assert delays[-1] == pytest.approx(36.0)
+    assert max(delays) == pytest.approx(36.0)
+    high.reset()
+    assert high.next() == pytest.approx(0.12)
+
+
+def test_packet_ids_skip_ids_in_use_and_wrap() -> None:
+    """Ids run 1..65535, never 0, and skip ids still in flight."""
+    connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", _Handler())
+    connection._inflight = {1: _Pending(1, b""), 2: _Pending(2, b""), 65535: _Pending(3, b"")}
+    assert connection._allocate_id() == 3
+    connection._next_id = 65534
+    assert connection._allocate_id() == 65534
+    assert connection._allocate_id() == 3  # wrapped past 65535, 1 and 2 (in use)
+
+
+def test_packet_complete_reads_the_fixed_header() -> None:
+    """A packet is complete when its remaining length is in the buffer."""
+    packet = mqtt5.PublishPacket("a/b", b"x" * 200).write()  # two-byte remaining length
+    view = memoryview(packet)
+    assert _packet_complete(view, 0)
+    assert not _packet_complete(view[:-1], 0)
+    assert not _packet_complete(view[:2], 0)
+    assert _packet_complete(memoryview(b"\x00" + packet), 1)
+
+
+def test_publish_before_connect_is_held_and_counted() -> None:
+    """Before the first CONNACK QoS 1 waits in the outbox and QoS 0 is dropped and counted."""
+    connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", _Handler())
+    connection.publish("t", b"1", 1, False, 1)
+    connection.publish("t", b"0", 0, False, None)
+    assert connection.outbox_size == 1
+    assert connection.stats.dropped_qos0 == 1
+    assert "outbox=1" in repr(connection) and " down " in repr(connection)
