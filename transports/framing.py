@@ -92,7 +92,7 @@ BODY_LIMITS: dict[int, tuple[int, int | None]] = {
     0x1B: (1, 1),  # WILLTOPICRESP: ReturnCode
     0x1C: (0, None),  # WILLMSGUPD: WillMsg
     0x1D: (1, 1),  # WILLMSGRESP: ReturnCode
-    0xFE: (3, None),  # Encapsulated: Ctrl, WirelessNodeId, an inner message of >= 2 bytes
+    0xFE: (1, None),  # Encapsulated: Ctrl, WirelessNodeId; the inner message follows [§5.5]
 }
 
 END = 0xC0
@@ -124,6 +124,25 @@ def declared_length(data: bytes) -> int | None:
         total = (data[1] << 8) | data[2]
         return total if total >= 4 else None
     return None
+
+
+def frame_total(data: bytes) -> int | None:
+    """Total bytes of the frame at the start of ``data``, including a forwarder's inner message.
+
+    A forwarder frame (0xFE) declares only its own header; the encapsulated message follows
+    with its own Length [§5.5]. None while the headers are incomplete or invalid.
+    """
+    outer = declared_length(data)
+    if outer is None:
+        return None
+    type_at = 3 if data[0] == 1 else 1
+    if len(data) <= type_at or data[type_at] != _ENCAPSULATED:
+        return outer
+    inner = declared_length(data[outer : outer + 3])
+    return None if inner is None or inner < 2 else outer + inner
+
+
+_ENCAPSULATED = 0xFE
 
 
 def _plausible(msg_type: int, body_length: int) -> bool:
@@ -199,6 +218,17 @@ class StreamDeframer:
                 self._drop(buf[start])
                 start += 1
                 continue
+            if buf[start + header] == _ENCAPSULATED:
+                # Forwarder frame: its Length covers the outer header only [§5.5].
+                inner_at = start + length
+                if size <= inner_at or (buf[inner_at] == 1 and size < inner_at + 3):
+                    break  # the inner message's header has not arrived yet
+                total = frame_total(bytes(buf[start : inner_at + 3]))
+                if total is None or total > max_frame:
+                    self._drop(buf[start])
+                    start += 1
+                    continue
+                length = total
             if available < length:
                 break  # a plausible header: wait for the rest of the frame
             frames.append(bytes(buf[start : start + length]))
@@ -331,7 +361,7 @@ class SlipCrcDeframer:
             self._reject(raw, count=False)
             return
         frame = payload[:-2]
-        if declared_length(frame) != len(frame):
+        if frame_total(frame) != len(frame):
             self._reject(raw)
             return
         frames.append(frame)

@@ -441,6 +441,8 @@ class UdpTransport(Transport):
             reason = f"long-form length {declared} but {size} bytes"
         elif data[0] == 0:
             reason = "length byte 0x00"
+        elif size > data[0] >= 3 and data[1] == 0xFE:
+            return True  # forwarder encapsulation: Length covers the outer header only [§5.5]
         else:
             reason = f"length {data[0]} but {size} bytes"
         if size <= self.max_frame:

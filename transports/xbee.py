@@ -159,6 +159,11 @@ class XBeeTransport(Transport):
         name: the transport's name in logs and metrics.
     """
 
+    # Fix (integration test): the runtime answers SEARCHGW with a broadcast GWINFO only on a
+    # transport that says it can broadcast [§6.1, reference §5.2]; without this flag GWINFO
+    # went unicast to the searcher although a Zigbee broadcast reaches every node.
+    can_broadcast = True
+
     def __init__(
         self,
         url: str,

@@ -52,8 +52,7 @@ from gateway.protocol import (
 from tests.protocol.strategies import BY_TYPE
 
 logging.getLogger("scapy").setLevel(logging.ERROR)  # scapy warns about unrelated layers on import
-mqttsn = pytest.importorskip("scapy.contrib.mqttsn")
-Packet = pytest.importorskip("scapy.packet").Packet
+import scapy.contrib.mqttsn as mqttsn  # noqa: E402 - after silencing scapy's import warnings
 
 # Our class -> scapy layer; header-only messages have a layer with no fields.
 LAYERS: dict[type[Message], Any] = {

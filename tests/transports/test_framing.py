@@ -28,6 +28,15 @@ REGACK = bytes.fromhex("07 0B 00 01 00 02 00")
 def frames(draw: st.DrawFn, max_frame: int = 255, body_cap: int = 48) -> bytes:
     """One MQTT-SN frame of a known type with a body length that type can have."""
     msg_type = draw(st.sampled_from(sorted(BODY_LIMITS)))
+    if msg_type == 0xFE:
+        # Forwarder frame [§5.5]: the outer Length covers Ctrl + node id; a whole frame follows.
+        node_id = draw(st.binary(min_size=1, max_size=8))
+        inner = draw(
+            frames(max_frame=max_frame - 3 - len(node_id), body_cap=body_cap).filter(
+                lambda f: f[1 if f[0] != 1 else 3] != 0xFE
+            )
+        )
+        return bytes([3 + len(node_id), 0xFE, 0]) + node_id + inner
     low, high = BODY_LIMITS[msg_type]
     long_form = max_frame >= 4 + low and draw(st.booleans())
     header = 3 if long_form else 1
