@@ -73,6 +73,11 @@ class Transport(ABC):
     async def close(self) -> None:
         """Stop delivering, flush what can be flushed, release the medium."""
 
+    @property
+    def can_broadcast(self) -> bool:
+        """True when ``broadcast`` reaches peers (radio broadcast, a multicast group)."""
+        return False
+
     def owns(self, address: Address) -> bool:
         """True when ``address`` belongs to this transport (used to route replies)."""
         return False

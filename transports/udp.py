@@ -420,6 +420,11 @@ class UdpTransport(Transport):
         """The configured ``max_frame``, for every peer."""
         return self.max_frame
 
+    @property
+    def can_broadcast(self) -> bool:
+        """True when a multicast group is configured (SEARCHGW / ADVERTISE / GWINFO go there)."""
+        return self.multicast_group is not None
+
     def owns(self, address: Address) -> bool:
         """True for a UdpAddress."""
         return isinstance(address, UdpAddress)

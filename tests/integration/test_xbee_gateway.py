@@ -172,12 +172,6 @@ async def test_advertise_is_broadcast_only_while_the_broker_is_up(
     assert listener.of_type(Advertise) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="gateway/runtime.py start(): the bridge connects before the transports start, so the "
-    "ADVERTISE sent on connecting is lost (XBee: tx_port_down) and the next comes t-adv later",
-)
 async def test_first_advertise_goes_out_when_the_gateway_starts(mosquitto):
     """The first ADVERTISE is heard as soon as the gateway is up, not a whole t-adv later."""
     async with XBeeNetwork(seed=3) as network:
