@@ -151,10 +151,17 @@ class AggregatingUpstream(Upstream):
 
     # -- ConnectionHandler ------------------------------------------------------------------
 
-    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Report a broker PUBLISH once; the core fans it out."""
+    def on_message(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        filters: frozenset[str] | None = None,
+    ) -> None:
+        """Report a broker PUBLISH once; the core fans it out to the nodes on ``filters``."""
         assert self._events is not None
-        self._events.on_broker_message(None, topic, payload, qos, retain)
+        self._events.on_broker_message(None, topic, payload, qos, retain, filters)
 
     def on_publish_done(self, token: int, ok: bool) -> None:
         """Pass an acknowledgement (or give-up) on."""

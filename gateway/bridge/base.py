@@ -23,9 +23,19 @@ class UpstreamEvents(Protocol):
     """What a bridge reports back; ``client_id`` is None for the shared (aggregating) connection."""
 
     def on_broker_message(
-        self, client_id: str | None, topic: str, payload: bytes, qos: int, retain: bool
+        self,
+        client_id: str | None,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        filters: frozenset[str] | None = None,
     ) -> None:
-        """A PUBLISH arrived from the broker."""
+        """A PUBLISH arrived from the broker.
+
+        ``filters``: the subscriptions this copy was sent for (MQTT 5 Subscription
+        Identifiers), or None when the broker cannot say (MQTT 3.1.1).
+        """
 
     def on_publish_done(self, token: int, ok: bool) -> None:
         """The broker acknowledged (ok) or we gave up on (not ok) the publish with ``token``."""

@@ -58,7 +58,14 @@ Outgoing = tuple[str, bytes, int, bool, "int | None", "Props | None"]
 class ConnectionHandler(Protocol):
     """What a connection reports to its owner (an Upstream)."""
 
-    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def on_message(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        filters: frozenset[str] | None = None,
+    ) -> None:
         """A PUBLISH arrived from the broker."""
 
     def on_publish_done(self, token: int, ok: bool) -> None:
@@ -358,11 +365,21 @@ class BrokerConnection(ABC):
         except Exception:
             _LOGGER.exception("%s: on_publish_done(%d) failed", self, token)
 
-    def _deliver(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Hand a broker PUBLISH to the handler."""
+    def _deliver(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        filters: frozenset[str] | None = None,
+    ) -> None:
+        """Hand a broker PUBLISH to the handler (with its matched filters, when known)."""
         self.stats.received += 1
         try:
-            self.handler.on_message(topic, payload, qos, retain)
+            if filters is None:
+                self.handler.on_message(topic, payload, qos, retain)
+            else:
+                self.handler.on_message(topic, payload, qos, retain, filters)
         except Exception:
             _LOGGER.exception("%s: on_message(%r) failed", self, topic)
 

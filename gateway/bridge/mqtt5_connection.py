@@ -82,6 +82,9 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
         self._wbuf: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
         self._inflight: dict[int, _Pending] = {}
+        self._sub_ids: dict[str, int] = {}  # filter -> Subscription Identifier
+        self._sub_filters: dict[int, str] = {}  # and back
+        self._next_sub_id = 1
         self._resend: deque[int] = deque()
         self._on_wire = 0
         self._quota = settings.max_inflight
@@ -247,18 +250,29 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
         self._write(packet)
 
     def _send_subscribe(self, filters: list[tuple[str, int]]) -> None:
-        pid = self._allocate_id()
-        self._pending_acks[pid] = [name for name, _ in filters]
-        # retain_as_published=False: live messages arrive with retain=0, only those sent
-        # because of a (re)subscription carry retain=1, as in MQTT 3.1.1 and MQTT-SN.
-        topic_filters = [
-            mqtt5.TopicFilter(name, max_qos=_QOS[qos], retain_as_published=False)
-            for name, qos in filters
-        ]
-        self._write(mqtt5.SubscribePacket(pid, topic_filters).write())
-        _LOGGER.debug("%s: SUBSCRIBE %d %s", self.client_id, pid, filters)
+        # One SUBSCRIBE per filter, each with its own Subscription Identifier: a broker that
+        # sends one copy per matching subscription (Mosquitto does, for overlapping filters
+        # on one connection) labels each copy, so the core hands a copy only to the nodes
+        # holding that filter instead of delivering every copy to everyone (MQTT 5 §3.3.4).
+        for name, qos in filters:
+            pid = self._allocate_id()
+            self._pending_acks[pid] = [name]
+            sub_id = self._sub_ids.get(name)
+            if sub_id is None:
+                sub_id = self._sub_ids[name] = self._next_sub_id
+                self._sub_filters[sub_id] = name
+                self._next_sub_id = self._next_sub_id % 0xFFFFFFF + 1
+            # retain_as_published=False: live messages arrive with retain=0, only those sent
+            # because of a (re)subscription carry retain=1, as in MQTT 3.1.1 and MQTT-SN.
+            topic_filter = mqtt5.TopicFilter(name, max_qos=_QOS[qos], retain_as_published=False)
+            self._write(mqtt5.SubscribePacket(pid, [topic_filter], subscription_id=sub_id).write())
+            _LOGGER.debug("%s: SUBSCRIBE %d %s (id %d)", self.client_id, pid, name, sub_id)
 
     def _send_unsubscribe(self, filters: list[str]) -> None:
+        for name in filters:
+            sub_id = self._sub_ids.pop(name, None)
+            if sub_id is not None:
+                self._sub_filters.pop(sub_id, None)
         pid = self._allocate_id()
         self._pending_acks[pid] = list(filters)
         self._write(mqtt5.UnsubscribePacket(pid, list(filters)).write())
@@ -458,19 +472,24 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
 
     def _on_publish(self, packet: mqtt5.PublishPacket) -> None:
         qos = int(packet.qos)
+        ids = packet.subscription_ids
+        filters = None
+        if ids:
+            known = self._sub_filters
+            filters = frozenset(known[i] for i in ids if i in known) or None
         if qos == 0:
-            self._deliver(packet.topic, packet.payload, 0, packet.retain)
+            self._deliver(packet.topic, packet.payload, 0, packet.retain, filters)
             return
         pid = packet.packet_id
         assert pid is not None
         if qos == 1:
-            self._deliver(packet.topic, packet.payload, 1, packet.retain)
+            self._deliver(packet.topic, packet.payload, 1, packet.retain, filters)
             self._write(_PUBACK + pid.to_bytes(2, "big"))
             return
         # QoS 2, method B: deliver on PUBLISH, remember the id until PUBREL (MQTT 5 §4.3.3).
         if pid not in self._incoming_qos2:
             self._incoming_qos2.add(pid)
-            self._deliver(packet.topic, packet.payload, 2, packet.retain)
+            self._deliver(packet.topic, packet.payload, 2, packet.retain, filters)
         self._write(_PUBREC + pid.to_bytes(2, "big"))
 
     def _on_suback(self, packet: mqtt5.SubAckPacket | mqtt5.UnsubAckPacket) -> None:

@@ -41,9 +41,16 @@ class _Session:
         self.client_id = client_id
         self.connection: BrokerConnection | None = None
 
-    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def on_message(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        filters: frozenset[str] | None = None,
+    ) -> None:
         self.upstream._events_or_raise().on_broker_message(
-            self.client_id, topic, payload, qos, retain
+            self.client_id, topic, payload, qos, retain, filters
         )
 
     def on_publish_done(self, token: int, ok: bool) -> None:

@@ -76,35 +76,54 @@ class DeliveryMixin:
         retain: bool,
         now: float,
         client_id: str | None = None,
+        filters: frozenset[str] | None = None,
     ) -> list[Action]:
-        """A PUBLISH from the broker; ``client_id`` set in transparent mode (that node's link)."""
+        """A PUBLISH from the broker; ``client_id`` set in transparent mode (that node's link).
+
+        ``filters`` names the subscriptions this copy was sent for (MQTT 5 Subscription
+        Identifiers). A broker may send one copy per matching subscription; each node then
+        takes only the copy labelled with its own first matching filter, so overlapping
+        filters never deliver a message twice. None (MQTT 3.1.1): every copy goes to every
+        matching node, as the broker cannot say which subscription a copy is for.
+        """
         out: list[Action] = []
         if client_id is not None:
             session = self.sessions.get(client_id)
             if session is not None:
-                granted = max(
-                    (q for f, cid, q in self.index.matches(topic) if cid == client_id), default=qos
-                )
+                mine = [(f, q) for f, cid, q in self.index.matches(topic) if cid == client_id]
+                if filters is not None and mine and min(f for f, _ in mine) not in filters:
+                    return out  # the node's connection also gets the copy for its first filter
+                granted = max((q for _, q in mine), default=qos)
                 self._deliver(
                     session, Delivery(topic, payload, min(qos, granted), retain), now, out
                 )
             return out
-        targets: dict[str, int] = {}
+        matched: dict[str, list[tuple[str, int]]] = {}
         for topic_filter, cid, granted in self.index.matches(topic):
+            subs = matched.get(cid)
+            if subs is None:
+                matched[cid] = [(topic_filter, granted)]
+            else:
+                subs.append((topic_filter, granted))
+        for cid, subs in matched.items():
+            session = self.sessions.get(cid)
+            if session is None:
+                continue
             if retain:
                 # A retained PUBLISH answers a fresh SUBSCRIBE; route it only to the nodes that
-                # just subscribed to this filter, not to everyone already holding it.
-                session = self.sessions.get(cid)
-                if session is None or session.retained_until.get(topic_filter, 0.0) < now:
+                # just subscribed to that filter, not to everyone already holding it.
+                if not any(
+                    session.retained_until.get(f, 0.0) >= now and (filters is None or f in filters)
+                    for f, _ in subs
+                ):
                     continue
-            if granted > targets.get(cid, -1):
-                targets[cid] = granted
-        for cid, granted in targets.items():
-            session = self.sessions.get(cid)
-            if session is not None:
-                self._deliver(
-                    session, Delivery(topic, payload, min(qos, granted), retain), now, out
-                )
+            elif (
+                filters is not None
+                and (subs[0][0] if len(subs) == 1 else min(f for f, _ in subs)) not in filters
+            ):
+                continue  # another copy, labelled with this node's own filter, delivers it
+            granted = subs[0][1] if len(subs) == 1 else max(g for _, g in subs)
+            self._deliver(session, Delivery(topic, payload, min(qos, granted), retain), now, out)
         return out
 
     def _deliver(

@@ -38,7 +38,13 @@ class Recorder:
     connections: list[tuple[str | None, bool, int]] = field(default_factory=list)
 
     def on_broker_message(
-        self, client_id: str | None, topic: str, payload: bytes, qos: int, retain: bool
+        self,
+        client_id: str | None,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        filters: frozenset[str] | None = None,
     ) -> None:
         self.messages.append(BrokerMessage(client_id, topic, payload, qos, retain))
 

@@ -152,3 +152,25 @@ async def test_client_ids_match_exactly(mosquitto, start_gateway, mode, unique_t
         assert await one.wake() == []
         assert len(gateway.core.sessions["sensor10"].queue) == 1
         assert [m.payload for m in await ten.wake()] == [b"for-ten"]
+
+
+async def test_overlapping_filters_deliver_each_message_once(mosquitto, start_gateway, mode, unique_topic):
+    """Nodes on overlapping filters (a/b and a/+) each get a broker message exactly once."""
+    gateway = await start_gateway(mosquitto, mode)
+    async with sim_node(gateway, "exact") as exact, sim_node(gateway, "wild") as wild, sim_node(gateway, "both") as both:
+        for node in (exact, wild, both):
+            await node.connect()
+        await exact.subscribe(f"{unique_topic}/cmd/a", qos=1)
+        await wild.subscribe(f"{unique_topic}/cmd/+", qos=1)
+        await both.subscribe(f"{unique_topic}/cmd/a", qos=1)
+        await both.subscribe(f"{unique_topic}/cmd/+", qos=1)
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
+            await client.publish(f"{unique_topic}/cmd/a", b"once", qos=1)
+            await client.publish(f"{unique_topic}/cmd/z", b"end", qos=1)
+        for node in (exact, wild, both):
+            got = []
+            async for message in node.messages():
+                got.append(message.payload)
+                if message.payload == b"end" or (node is exact and message.payload == b"once"):
+                    break
+            assert got.count(b"once") == 1, (node.client_id, got)
