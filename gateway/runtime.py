@@ -78,7 +78,7 @@ class GatewayRuntime:
         self._started = False
         self.observers: list[Any] = []  # callables(event: str, **fields) for the demo and tests
         self.store: StateStore | None = None  # the state file, once started (None: in memory)
-        self._held: list[tuple[Hashable, Message]] | None = None  # frames before transports open
+        self._held: list[tuple[Hashable, Message, int]] | None = None  # before transports open
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -120,9 +120,12 @@ class GatewayRuntime:
         for transport in self._transports:
             await transport.start(self._make_sink(transport), self._on_link_event)
             _LOGGER.info("transport %s started: %r", transport.name, transport)
+        if self.upstream.connected:
+            # The bridge connected before the transports were up: announce the gateway now.
+            self._execute(self.core.on_broker_state(True, self._now()))
         held, self._held = self._held, None
-        for address, message in held or ():
-            self._send(address, message)
+        for address, message, radius in held or ():
+            self._send(address, message, radius)
         self._reschedule()
 
     async def close(self) -> None:
@@ -211,11 +214,19 @@ class GatewayRuntime:
     # UpstreamEvents ------------------------------------------------------------
 
     def on_broker_message(
-        self, client_id: str | None, topic: str, payload: bytes, qos: int, retain: bool
+        self,
+        client_id: str | None,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        filters: frozenset[str] | None = None,
     ) -> None:
         """A PUBLISH from the broker (fan-out happens in the core)."""
         self._execute(
-            self.core.on_broker_message(topic, payload, qos, retain, self._now(), client_id)
+            self.core.on_broker_message(
+                topic, payload, qos, retain, self._now(), client_id, filters
+            )
         )
         if self.observers:
             self._notify("broker_message", topic=topic, payload=payload, qos=qos, retain=retain)
@@ -270,12 +281,12 @@ class GatewayRuntime:
             elif kind is CloseUpstreamSession:
                 upstream.close_session(action.client_id, action.fire_will)  # type: ignore[attr-defined]
         self._reschedule()
-        if self.store is not None:
+        if self.store is not None and self.core.dirty:
             self.store.changed()
 
-    def _send(self, address: Hashable, message: Message) -> None:
+    def _send(self, address: Hashable, message: Message, radius: int = 0) -> None:
         if self._held is not None:
-            self._held.append((address, message))
+            self._held.append((address, message, radius))
             return
         try:
             frame = encode(message)
@@ -283,7 +294,7 @@ class GatewayRuntime:
             _LOGGER.exception("cannot encode %r for %s", message, address)
             return
         if type(address) is ForwardedAddress:
-            frame = encode(Encapsulated(address.node_id, frame))
+            frame = encode(Encapsulated(address.node_id, frame, min(radius, 3)))
             address = address.forwarder
         transport = self._transport_for(address)
         if transport is None:
@@ -312,12 +323,12 @@ class GatewayRuntime:
         via = action.via
         if type(via) is ForwardedAddress:
             # Back through the forwarder, with the SEARCHGW's radius in Ctrl [§5.5].
-            self._send(via, action.message)
+            self._send(via, action.message, action.radius)
             return
         transport = self._transport_for(via)
         if transport is None:
             return
-        if getattr(transport, "can_broadcast", False):
+        if transport.can_broadcast:
             transport.broadcast(frame, action.radius)
         else:
             transport.send(via, frame)  # P14: unicast GWINFO where the link cannot broadcast
@@ -351,8 +362,8 @@ class GatewayRuntime:
         """After a restart: reopen node sessions, publish the saved outbox, then re-subscribe."""
         upstream = self.upstream
         actions = self.core.resume_actions()
-        opens = [a for a in actions if isinstance(a, OpenUpstreamSession)]
-        opened = {a.client_id for a in opens}
+        opens: list[Action] = [a for a in actions if isinstance(a, OpenUpstreamSession)]
+        opened = {a.client_id for a in opens if isinstance(a, OpenUpstreamSession)}
         self._execute(opens)
         transparent = self.config.core.mode is Mode.TRANSPARENT
         for entry in outbox:

@@ -1,21 +1,21 @@
-"""The state file: sessions and the upstream outbox in SQLite, so a restart (even ``kill -9``) loses
-nothing the gateway has taken responsibility for.
+"""The state file: sessions, buffers and the upstream outbox in SQLite, so a restart (even
+``kill -9``) loses nothing the gateway has taken responsibility for.
 
-What is kept: every ``ClientSession`` (registrations, subscriptions, will, the sleeping-node
-buffer, the QoS 1/2 message in flight to the node, the node's QoS 1/2 publishes awaiting the
-broker) as one JSON row per ClientId, and each QoS 1/2 publish handed to the broker bridge until
-the broker acknowledged it (the ``outbox`` table). JSON, not pickle: a state file must never be
-able to run code.
+What is kept: every ``ClientSession`` (registrations, subscriptions, will, the QoS 1/2 message in
+flight to the node, the node's QoS 1/2 publishes awaiting the broker) as one JSON row per
+ClientId; its buffered messages (the sleeping-node buffer) one row each in ``queue``; and each
+QoS 1/2 publish handed to the broker bridge until the broker acknowledged it (``outbox``).
+JSON, not pickle: a state file must never be able to run code.
 
 Writes are batched: the core names the sessions it changed in ``core.dirty`` (a QoS 0 PUBLISH
-changes nothing kept, so the hot path writes nothing); every ``flush_interval`` those sessions
-are serialised on the event loop (a consistent snapshot) and committed in one transaction by a
-writer thread, so a slow SD card never stalls the loop. A change reaches the file within
-``flush_interval`` (+ the commit); ``kill -9`` inside that window loses that change.
+changes nothing kept, so the hot path writes nothing). Every ``flush_interval`` those sessions
+are serialised on the event loop (a consistent snapshot; a buffer is diffed against what is on
+disk, so only messages that entered or left it are written) and committed in one transaction
+by a writer thread, so a slow SD card never stalls the loop. A change reaches the file within
+``flush_interval`` plus the commit; ``kill -9`` inside that window loses that change.
 
 Times in the core are the loop's monotonic clock; on disk they are wall-clock (mono + the
-wall-mono offset at save) and they are rebased on load, so a sleeping node's deadline keeps its
-real time across a restart.
+wall-mono offset at save), rebased on load, so a sleeping node keeps its real deadline.
 
 Size: the file is capped (``max_bytes``, for SD cards). Above ``SHED_AT`` of the cap, buffered
 QoS 0 messages are no longer saved (counted); at the cap SQLite refuses new pages (as on a full
@@ -30,11 +30,12 @@ import base64
 import importlib
 import json
 import logging
+import operator
 import shutil
 import sqlite3
 import time
 from collections import Counter, deque
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,30 +68,40 @@ DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 SCHEMA_VERSION: Final = 1
 APPLICATION_ID: Final = 0x4D514E53  # "MQNS" in the SQLite header: tells our files from others
 SHED_AT: Final = 0.8  # above this share of the cap, buffered QoS 0 messages are not saved
-_ERROR_INTERVAL = 60.0  # seconds between two ERROR lines about one kind of write failure
+_ERROR_INTERVAL = 60.0  # seconds between two ERROR lines about one kind of failure
 _RETRY_DELAY = 1.0  # seconds between save attempts while saving fails
+_DISK_LOW = 1024 * 1024  # "database or disk is full" with more free than this: our cap
+_OFFSET_SLACK = 1.0  # seconds the wall clock may drift from the saved anchor (NTP steps more)
 
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE sessions (client_id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE queue (
+    client_id TEXT NOT NULL, seq REAL NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    qos INTEGER NOT NULL, retain INTEGER NOT NULL, PRIMARY KEY (client_id, seq)
+);
 CREATE TABLE outbox (
-    token INTEGER PRIMARY KEY, client_id TEXT, topic TEXT NOT NULL,
-    payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL
+    token INTEGER PRIMARY KEY, client_id TEXT, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    qos INTEGER NOT NULL, retain INTEGER NOT NULL
 );
 """
+
+_MOVE_ASIDE = (
+    "move it aside (mv {path} {path}.bad, with its -wal file if there is one) to start with an "
+    "empty state, or run with --state :memory: to keep state in memory only"
+)
+_OTHER_FILE = (
+    "check the path and its permissions, choose another file with --state PATH (or "
+    "[gateway] state-file), or run with --state :memory: to keep state in memory only"
+)
 
 
 class StoreError(GatewayError):
     """The state file cannot be used; the message names the file, the problem and the way out."""
 
     def __init__(self, path: str | Path, problem: str, way_out: str | None = None) -> None:
-        if way_out is None:
-            way_out = (
-                f"move it aside (mv {path} {path}.bad, with its -wal file if there is one) to "
-                "start with an empty state, or run with --state :memory: to keep state in "
-                "memory only"
-            )
+        way_out = way_out or _MOVE_ASIDE.format(path=path)
         super().__init__(f"state file {path}: {problem}. Way out: {way_out}.")
         self.path = str(path)
         self.problem = problem
@@ -143,16 +154,15 @@ def decode_address(data: Any) -> Hashable:
     """The inverse of ``encode_address``; a transport that is not installed gives UnknownAddress."""
     if not isinstance(data, dict):
         if isinstance(data, _SCALARS):
-            return data  # type: ignore[no-any-return]
+            return data
         raise ValueError(f"not an address: {data!r}")
     ((tag, value),) = data.items()
     if tag == "tuple":
         return tuple(decode_address(item) for item in value)
     if tag == "forwarded":
-        forwarder, node_id = value
         from gateway.runtime import ForwardedAddress
 
-        return ForwardedAddress(decode_address(forwarder), bytes.fromhex(node_id))
+        return ForwardedAddress(decode_address(value[0]), bytes.fromhex(value[1]))
     module, name, _ = _ADDRESS_TYPES[tag]
     try:
         cls = getattr(importlib.import_module(module), name)
@@ -164,12 +174,8 @@ def decode_address(data: Any) -> Hashable:
 # ---------------------------------------------------------------------------------- sessions
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def _delivery(item: Delivery) -> list[Any]:
-    return [item.topic, _b64(item.payload), item.qos, item.retain]
+    return [item.topic, base64.b64encode(item.payload).decode("ascii"), item.qos, item.retain]
 
 
 def _undelivery(data: list[Any]) -> Delivery:
@@ -177,19 +183,11 @@ def _undelivery(data: list[Any]) -> Delivery:
     return Delivery(str(topic), base64.b64decode(payload), int(qos), bool(retain))
 
 
-def encode_session(
-    session: ClientSession, offset: float, *, keep_qos0: bool = True
-) -> tuple[dict[str, Any], int]:
-    """(JSON-ready dict, QoS 0 messages left out); times become wall-clock (mono + ``offset``).
+def encode_session(session: ClientSession, offset: float, *, queue: bool = True) -> dict[str, Any]:
+    """The session as a JSON-ready dict; times become wall-clock (mono + ``offset``).
 
-    ``keep_qos0=False`` leaves buffered QoS 0 messages out (the file is near its cap).
+    ``queue=False`` leaves the buffer out (the store keeps it in its own table).
     """
-    queue = session.queue
-    omitted = 0
-    if not keep_qos0:
-        kept = [item for item in queue if item.qos]
-        omitted = len(queue) - len(kept)
-        queue = deque(kept)
     will = session.will
     inflight = session.inflight
     data = {
@@ -198,7 +196,9 @@ def encode_session(
         "state": session.state.value,
         "keepalive": session.keepalive,
         "clean_session": session.clean_session,
-        "will": None if will is None else [will.topic, _b64(will.message), will.qos, will.retain],
+        "will": None
+        if will is None
+        else _delivery(Delivery(will.topic, will.message, will.qos, will.retain)),
         "will_stage": session.will_stage,
         "sleep_duration": session.sleep_duration,
         "last_rx": session.last_rx + offset,
@@ -206,7 +206,6 @@ def encode_session(
         "retained_until": {f: t + offset for f, t in session.retained_until.items()},
         "topics": sorted(session.registry.by_id.items()),
         "next_topic_id": session.registry.next_id,
-        "queue": [_delivery(item) for item in queue],
         "inflight": None
         if inflight is None
         else [
@@ -223,7 +222,9 @@ def encode_session(
         ],
         "next_msg_id": session.next_msg_id,
     }
-    return data, omitted
+    if queue:
+        data["queue"] = [_delivery(item) for item in session.queue]
+    return data
 
 
 def decode_session(data: Mapping[str, Any], offset: float, settings: CoreSettings) -> ClientSession:
@@ -236,8 +237,7 @@ def decode_session(data: Mapping[str, Any], offset: float, settings: CoreSetting
         registry.by_id[int(topic_id)] = str(name)
         registry.by_name[str(name)] = int(topic_id)
     registry.next_id = int(data["next_topic_id"])
-    will = data["will"]
-    inflight = data["inflight"]
+    will = None if data["will"] is None else _undelivery(data["will"])
     session = ClientSession(
         str(data["client_id"]),
         decode_address(data["address"]),
@@ -245,19 +245,17 @@ def decode_session(data: Mapping[str, Any], offset: float, settings: CoreSetting
         state=SessionState(data["state"]),
         keepalive=float(data["keepalive"]),
         clean_session=bool(data["clean_session"]),
-        will=None
-        if will is None
-        else StoredWill(str(will[0]), base64.b64decode(will[1]), int(will[2]), bool(will[3])),
+        will=None if will is None else StoredWill(will.topic, will.payload, will.qos, will.retain),
         will_stage=str(data["will_stage"]),
         sleep_duration=float(data["sleep_duration"]),
         last_rx=float(data["last_rx"]) - offset,
         subscriptions={str(f): int(q) for f, q in data["subscriptions"].items()},
         retained_until={str(f): float(t) - offset for f, t in data["retained_until"].items()},
-        queue=deque(_undelivery(item) for item in data["queue"]),
+        queue=deque(_undelivery(item) for item in data.get("queue", ())),
         next_msg_id=int(data["next_msg_id"]),
     )
-    if inflight is not None:
-        kind, msg_id, topic_id, id_type, delivery, retries, deadline = inflight
+    if data["inflight"] is not None:
+        kind, msg_id, topic_id, id_type, delivery, retries, deadline = data["inflight"]
         session.inflight = OutboundInflight(
             str(kind),
             int(msg_id),
@@ -290,7 +288,7 @@ def _rebase(session: ClientSession, now: float, settings: CoreSettings) -> None:
         session.last_rx = now
 
 
-# ---------------------------------------------------------------------------------- the store
+# ---------------------------------------------------------------------------------- batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,24 +312,130 @@ class RestoredState:
     saved_at: float | None = None  # wall-clock time of the last save
 
 
+QueueKey = tuple[str, float]  # (client_id, seq): one buffered message on disk
+
+
+def _merge(added: dict[Any, Any], removed: set[Any], more: dict[Any, Any], less: set[Any]) -> None:
+    """Apply a later batch's row changes (``less`` first: a key may be freed, then reused)."""
+    for key in less:
+        if added.pop(key, None) is None:
+            removed.add(key)  # never written at all when added and removed before a save
+    added.update(more)
+
+
 @dataclass(slots=True)
 class _Batch:
-    """One transaction's worth of changes: session rows (None: delete) and outbox changes."""
+    """One transaction: session rows (None: delete), buffered messages and outbox changes."""
 
     rows: dict[str, str | None] = field(default_factory=dict)
-    added: dict[int, OutboxEntry] = field(default_factory=dict)
+    queued: dict[QueueKey, Delivery] = field(default_factory=dict)
+    unqueued: set[QueueKey] = field(default_factory=set)
+    added: dict[int, PublishUpstream] = field(default_factory=dict)  # the action, as is
     removed: set[int] = field(default_factory=set)
-    queued: int = 0  # buffered messages in the saved rows (for the log)
+    buffered: int = 0  # messages buffered in the saved sessions (for the log)
 
     def then(self, later: _Batch) -> _Batch:
         """This (unwritten) batch followed by ``later``, as one."""
         self.rows.update(later.rows)
-        self.queued += later.queued
-        self.added.update(later.added)
-        for token in later.removed:
-            if self.added.pop(token, None) is None:
-                self.removed.add(token)
+        _merge(self.queued, self.unqueued, later.queued, later.unqueued)
+        _merge(self.added, self.removed, later.added, later.removed)
+        self.buffered = later.buffered
         return self
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.queued or self.unqueued or self.added or self.removed)
+
+
+class _Mirror:
+    """What of one node's buffer is on disk (or on its way): the message objects and their seqs.
+
+    Buffers only ever append, pop from the front, put back at the front and drop from the
+    middle, never reorder; so messages still present keep their seq and new ones get a seq
+    between their neighbours (or past the ends). Holding the objects keeps their ids unique.
+    """
+
+    __slots__ = ("bottom", "items", "seqs", "top")
+
+    def __init__(self) -> None:
+        self.items: list[Delivery] = []
+        self.seqs: list[float] = []
+        self.top = 0.0
+        self.bottom = 0.0
+
+    def add_loaded(self, item: Delivery, seq: float) -> None:
+        self.items.append(item)
+        self.seqs.append(seq)
+        self.top = max(self.top, seq)
+        self.bottom = min(self.bottom, seq)
+
+    def diff(self, client_id: str, queue: Iterable[Delivery], batch: _Batch) -> None:
+        """Record in ``batch`` what changed since the last diff; remember ``queue``."""
+        now = list(queue)
+        old, seqs = self.items, self.seqs
+        # The usual shape, at C speed: some sent from the front, some appended at the back.
+        popped = 0
+        if now:
+            while popped < len(old) and old[popped] is not now[0]:
+                popped += 1
+        else:
+            popped = len(old)
+        kept = len(old) - popped
+        if kept <= len(now) and all(map(operator.is_, now[:kept], old[popped:])):
+            batch.unqueued.update((client_id, seq) for seq in seqs[:popped])
+            self.items, self.seqs = now[:kept], seqs[popped:]
+            if kept < len(now):
+                self._place(client_id, now[kept:], self.seqs[-1] if kept else None, None, batch)
+            return
+        self._diff_any(client_id, now, batch)
+
+    def _diff_any(self, client_id: str, now: list[Delivery], batch: _Batch) -> None:
+        old = {id(item): (item, seq) for item, seq in zip(self.items, self.seqs, strict=True)}
+        self.items, self.seqs = [], []
+        run: list[Delivery] = []  # new messages since the last one still present
+        last: float | None = None
+        present: set[int] = set()
+        for item in now:
+            found = old.get(id(item))
+            if found is None or found[0] is not item:
+                run.append(item)
+                continue
+            if run:
+                self._place(client_id, run, last, found[1], batch)
+                run = []
+            self.items.append(item)
+            self.seqs.append(found[1])
+            present.add(id(item))
+            last = found[1]
+        if run:
+            self._place(client_id, run, last, None, batch)
+        batch.unqueued.update(
+            (client_id, seq) for key, (_, seq) in old.items() if key not in present
+        )
+
+    def _place(
+        self,
+        client_id: str,
+        run: list[Delivery],
+        low: float | None,
+        high: float | None,
+        batch: _Batch,
+    ) -> None:
+        if high is None:  # appended (the usual case)
+            seqs = [max(self.top, low or 0.0) + 1 + i for i in range(len(run))]
+        elif low is None:  # put back at the front
+            seqs = [min(self.bottom, high) - len(run) + i for i in range(len(run))]
+        else:  # between two kept ones (not done by the core today; kept correct anyway)
+            step = (high - low) / (len(run) + 1)
+            seqs = [low + step * (i + 1) for i in range(len(run))]
+        for item, seq in zip(run, seqs, strict=True):
+            batch.queued[(client_id, seq)] = item
+        self.items.extend(run)  # callers place runs in buffer order: seqs stay increasing
+        self.seqs.extend(seqs)
+        self.top = max(self.top, seqs[-1])
+        self.bottom = min(self.bottom, seqs[0])
+
+
+# ---------------------------------------------------------------------------------- the store
 
 
 class StateStore:
@@ -348,11 +452,7 @@ class StateStore:
     """
 
     def __init__(
-        self,
-        path: str | Path,
-        *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        flush_interval: float = 0.05,
+        self, path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES, flush_interval: float = 0.05
     ) -> None:
         self.path = str(path)
         self.max_bytes = max_bytes
@@ -364,31 +464,35 @@ class StateStore:
         self._core: GatewayCore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
-        self._pending = _Batch()
+        self._pending = _Batch()  # outbox changes since the last save
+        self._mirrors: dict[str, _Mirror] = {}  # buffers as saved
+        self._rows: dict[str, str] = {}  # session rows as saved
+        self._offset = 0.0  # wall - mono used for the saved times
         self._delay = flush_interval
         self._shed_qos0 = False  # set by the writer after measuring the file
-        self._last_error: dict[str, float] = {}
+        self._last_logged: dict[str, float] = {}
         self._closed = False
 
     # -- reading ------------------------------------------------------------------------------
 
     def load(self, settings: CoreSettings, now: float) -> RestoredState:
-        """Read everything back; ``now`` is the loop's clock (deadlines are rebased onto it)."""
+        """Read everything back; ``now`` is the loop's clock (deadlines are rebased onto it).
+
+        Build the core from the returned state: later saves are diffed against these objects.
+        """
         offset = time.time() - now
-        db = self._db
+        self._mirrors, self._rows = {}, {}
         try:
-            rows = db.execute("SELECT client_id, data FROM sessions").fetchall()
-            outbox = [
-                OutboxEntry(token, client_id, topic, bytes(payload), qos, bool(retain))
-                for token, client_id, topic, payload, qos, retain in db.execute(
-                    "SELECT token, client_id, topic, payload, qos, retain FROM outbox "
-                    "ORDER BY token"
-                )
-            ]
-            saved = db.execute("SELECT value FROM meta WHERE key = 'saved_at'").fetchone()
+            rows = self._db.execute("SELECT client_id, data FROM sessions").fetchall()
+            queued = self._db.execute(
+                "SELECT client_id, seq, topic, payload, qos, retain FROM queue "
+                "ORDER BY client_id, seq"
+            ).fetchall()
+            outbox = self._read_outbox()
+            saved = self._db.execute("SELECT value FROM meta WHERE key = 'saved_at'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(self.path, f"cannot be read ({exc})") from None
-        sessions: list[ClientSession] = []
+        sessions: dict[str, ClientSession] = {}
         for client_id, text in rows:
             try:
                 session = decode_session(json.loads(text), offset, settings)
@@ -397,43 +501,49 @@ class StateStore:
                     self.path, f"the saved session {client_id!r} is damaged ({exc!r})"
                 ) from None
             _rebase(session, now, settings)
-            sessions.append(session)
-        # A node address shared by two saved sessions goes to the one heard from last.
-        sessions.sort(key=lambda s: s.last_rx)
-        pending = {entry.token: entry for entry in outbox}
+            sessions[client_id] = session
+        for client_id, seq, topic, payload, qos, retain in queued:
+            owner = sessions.get(client_id)
+            if owner is not None:  # rows of a session deleted in the same save: none
+                item = Delivery(topic, bytes(payload), qos, bool(retain))
+                owner.queue.append(item)
+                self._mirrors.setdefault(client_id, _Mirror()).add_loaded(item, seq)
+        pending = {entry.token for entry in outbox}
         tokens: dict[int, tuple[str, int]] = {}
         top = max(pending, default=0)
-        for session in sessions:
+        for session in sessions.values():
             for msg_id, uplink in list(session.uplink.items()):
                 top = max(top, uplink.token)
                 if uplink.token in pending:
                     tokens[uplink.token] = (session.client_id, msg_id)
                 elif not uplink.acked:
-                    # Taken from the node but never written to the outbox (saved in the same
-                    # transaction, so this is an older file): forget it, so the node's
-                    # retransmission is published instead of being ignored as a duplicate.
+                    # Taken from the node but not in the outbox (they are saved together, so
+                    # this is an older file): forget it, so the node's retransmission is
+                    # published instead of being ignored as a duplicate.
                     del session.uplink[msg_id]
         for entry in outbox:
-            tokens.setdefault(entry.token, (entry.client_id or "", 0))  # wills: no node to ack
+            tokens.setdefault(entry.token, (entry.client_id or "", 0))  # a will: no node to ack
+        # An address shared by two saved sessions goes to the one heard from last.
+        ordered = sorted(sessions.values(), key=lambda s: s.last_rx)
         saved_at = float(saved[0]) if saved else None
         _LOGGER.info(
             "state file %s: %d session(s), %d buffered message(s), %d unacknowledged "
             "publish(es) restored%s",
             self.path,
-            len(sessions),
-            sum(len(s.queue) for s in sessions),
+            len(ordered),
+            len(queued),
             len(outbox),
             f" (saved {time.time() - saved_at:.1f} s ago)" if saved_at else "",
         )
-        return RestoredState(CoreState(sessions, tokens, top + 1), outbox, saved_at)
-
-    def read_outbox(self) -> list[OutboxEntry]:
-        """The outbox rows as committed (waits for the writer; for tests and diagnostics)."""
-        return self._executor.submit(self._read_outbox).result()
+        return RestoredState(CoreState(ordered, tokens, top + 1), outbox, saved_at)
 
     def read_sessions(self) -> dict[str, dict[str, Any]]:
-        """The session rows as committed, decoded from JSON (for tests and diagnostics)."""
+        """The sessions as committed, with their buffers (waits for the writer; diagnostics)."""
         return self._executor.submit(self._read_sessions).result()
+
+    def read_outbox(self) -> list[OutboxEntry]:
+        """The outbox as committed (waits for the writer; for tests and diagnostics)."""
+        return self._executor.submit(self._read_outbox).result()
 
     def size(self) -> int:
         """Bytes in use in the file (pages not on the free list)."""
@@ -449,23 +559,24 @@ class StateStore:
 
     def changed(self) -> None:
         """Schedule a save if anything changed; called after each input (cheap when nothing did)."""
-        if self._handle is None and not self._closed:
+        if self._handle is None and not self._closed and self._loop is not None:
             pending = self._pending
             if (self._core is not None and self._core.dirty) or pending.added or pending.removed:
-                assert self._loop is not None
                 self._handle = self._loop.call_later(self._delay, self.flush)
 
     def outbox_add(self, action: PublishUpstream) -> None:
         """A QoS 1/2 publish went to the bridge: keep it until ``outbox_done(token)``."""
         assert action.token is not None
-        self._pending.added[action.token] = OutboxEntry(
-            action.token, action.client_id, action.topic, action.payload, action.qos, action.retain
-        )
+        self._pending.added[action.token] = action
+        if self._handle is None:
+            self.changed()
 
     def outbox_done(self, token: int) -> None:
         """The broker acknowledged ``token`` (or the node was refused): forget it."""
-        if self._pending.added.pop(token, None) is None:
-            self._pending.removed.add(token)  # acked within one batch: never written at all
+        if self._pending.added.pop(token, None) is None:  # acked within one batch: no write
+            self._pending.removed.add(token)
+            if self._handle is None:
+                self.changed()
 
     def flush(self) -> None:
         """Serialise what changed now and hand it to the writer thread."""
@@ -478,10 +589,9 @@ class StateStore:
         batch = self._collect()
         if unwritten is not None:
             batch = unwritten.then(batch)
-        if not (batch.rows or batch.added or batch.removed):
-            return
-        self._job = self._executor.submit(self._write, batch)
-        self._job.add_done_callback(self._written)
+        if batch:
+            self._job = self._executor.submit(self._write, batch)
+            self._job.add_done_callback(self._written)
 
     async def sync(self) -> None:
         """Save everything changed so far and wait until it is committed (or failed)."""
@@ -501,14 +611,13 @@ class StateStore:
         unwritten = self._job.result() if self._job is not None else None
         if unwritten is not None:
             _LOGGER.error(
-                "state file %s: %d session(s) and %d outbox change(s) could not be saved at "
-                "shutdown",
+                "state file %s: changes of %d node(s) could not be saved at shutdown",
                 self.path,
                 len(unwritten.rows),
-                len(unwritten.added) + len(unwritten.removed),
             )
         await asyncio.wrap_future(self._executor.submit(self._db.close))
         self._executor.shutdown(wait=True)
+        _LOGGER.info("state file %s closed: %s", self.path, dict(self.counters))
 
     def abandon(self) -> None:
         """Close the file without saving (when starting failed after opening it)."""
@@ -517,18 +626,15 @@ class StateStore:
         self._db.close()
 
     def __repr__(self) -> str:
-        state = (
-            "closed"
-            if self._closed
-            else ("saving" if self._job and not self._job.done() else "idle")
-        )
+        busy = self._job is not None and not self._job.done()
+        state = "closed" if self._closed else ("saving" if busy else "idle")
         dirty = len(self._core.dirty or ()) if self._core is not None else 0
         return (
-            f"<StateStore {self.path} {state} dirty={dirty} outbox+={len(self._pending.added)} "
-            f"outbox-={len(self._pending.removed)} saves={self.counters['saves']}>"
+            f"<StateStore {self.path} {state} dirty={dirty} outbox+={len(self._pending.added)}"
+            f" outbox-={len(self._pending.removed)} saves={self.counters['saves']}>"
         )
 
-    # -- loop side helpers ---------------------------------------------------------------------
+    # -- event loop side ----------------------------------------------------------------------
 
     def _collect(self) -> _Batch:
         batch, self._pending = self._pending, _Batch()
@@ -538,19 +644,35 @@ class StateStore:
         dirty, core.dirty = core.dirty, set()
         assert self._loop is not None
         offset = time.time() - self._loop.time()
-        keep_qos0 = not self._shed_qos0
-        omitted = 0
+        if abs(offset - self._offset) > _OFFSET_SLACK:
+            self._offset = offset  # (re)anchored; kept otherwise, so unchanged rows compare equal
+        shed = self._shed_qos0
         for client_id in dirty:
             session = core.sessions.get(client_id)
+            mirror = self._mirrors.get(client_id)
             if session is None:
                 batch.rows[client_id] = None
+                self._rows.pop(client_id, None)
+                if mirror is not None:
+                    mirror.diff(client_id, (), batch)
+                    del self._mirrors[client_id]
                 continue
-            data, left_out = encode_session(session, offset, keep_qos0=keep_qos0)
-            omitted += left_out
-            batch.queued += len(data["queue"])
-            batch.rows[client_id] = json.dumps(data, separators=(",", ":"))
-        if omitted:
-            self.counters["qos0_not_saved"] += omitted
+            text = json.dumps(
+                encode_session(session, self._offset, queue=False), separators=(",", ":")
+            )
+            if self._rows.get(client_id) != text:  # e.g. a QoS 1 publish in and acked: same
+                batch.rows[client_id] = self._rows[client_id] = text
+            queue: Iterable[Delivery] = session.queue
+            if shed:
+                kept = [item for item in session.queue if item.qos]
+                self.counters["qos0_not_saved"] += len(session.queue) - len(kept)
+                queue = kept
+            if mirror is None:
+                if not session.queue:
+                    continue
+                mirror = self._mirrors[client_id] = _Mirror()
+            mirror.diff(client_id, queue, batch)
+            batch.buffered += len(mirror.seqs)
         return batch
 
     def _reschedule(self) -> None:
@@ -568,32 +690,38 @@ class StateStore:
         if self._job is not None and not self._job.done():
             await asyncio.wrap_future(self._job)
 
-    # -- writer thread -------------------------------------------------------------------------
+    # -- writer thread ------------------------------------------------------------------------
 
     def _write(self, batch: _Batch) -> _Batch | None:
         """Commit one batch; returns it when it could not be saved (to be retried)."""
         db = self._db
         started = time.perf_counter()
+        rows = [(cid, data) for cid, data in batch.rows.items() if data is not None]
+        gone = [(cid,) for cid, data in batch.rows.items() if data is None]
         try:
             db.execute("BEGIN")
-            upserts = [(cid, data) for cid, data in batch.rows.items() if data is not None]
-            deletes = [(cid,) for cid, data in batch.rows.items() if data is None]
             # DELETE then INSERT, not an UPSERT: the old row's pages are free for the new one
-            # within the transaction, so a row can grow to nearly the cap (an UPSERT: half).
+            # within the transaction (an UPSERT needs room for both).
             db.executemany("DELETE FROM sessions WHERE client_id = ?", [(c,) for c in batch.rows])
-            db.executemany("INSERT INTO sessions (client_id, data) VALUES (?, ?)", upserts)
+            db.executemany("INSERT INTO sessions VALUES (?, ?)", rows)
+            db.executemany("DELETE FROM queue WHERE client_id = ? AND seq = ?", batch.unqueued)
+            db.executemany(
+                "INSERT OR REPLACE INTO queue VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (cid, seq, d.topic, d.payload, d.qos, d.retain)
+                    for (cid, seq), d in batch.queued.items()
+                ],
+            )
+            db.executemany("DELETE FROM queue WHERE client_id = ?", gone)
+            db.executemany("DELETE FROM outbox WHERE token = ?", [(t,) for t in batch.removed])
             db.executemany(
                 "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (e.token, e.client_id, e.topic, e.payload, e.qos, int(e.retain))
+                    (e.token, e.client_id, e.topic, e.payload, e.qos, e.retain)
                     for e in batch.added.values()
                 ],
             )
-            db.executemany("DELETE FROM outbox WHERE token = ?", [(t,) for t in batch.removed])
-            db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('saved_at', ?)",
-                (repr(time.time()),),
-            )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('saved_at', ?)", (repr(time.time()),))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
@@ -607,29 +735,32 @@ class StateStore:
             return batch
         used = self._used_bytes()
         shed = used >= self.max_bytes * SHED_AT
-        if shed and not self._shed_qos0:
-            self._error_once(
-                "shed",
-                logging.WARNING,
-                "state file %s is at %d of its %d bytes: buffered QoS 0 messages are no "
+        if shed and not self._shed_qos0 and self._due("shed"):
+            _LOGGER.warning(
+                "state file %s holds %d of its %d bytes: buffered QoS 0 messages are no "
                 "longer saved (QoS 1/2 still are)",
                 self.path,
                 used,
                 self.max_bytes,
             )
         self._shed_qos0 = shed
-        self.counters["saves"] += 1
-        self.counters["sessions_saved"] += len(upserts)
-        self.counters["sessions_deleted"] += len(deletes)
-        self.counters["outbox_added"] += len(batch.added)
-        self.counters["outbox_removed"] += len(batch.removed)
+        counters = self.counters
+        counters["saves"] += 1
+        counters["sessions_saved"] += len(rows)
+        counters["sessions_deleted"] += len(gone)
+        counters["buffer_rows_added"] += len(batch.queued)
+        counters["buffer_rows_removed"] += len(batch.unqueued)
+        counters["outbox_added"] += len(batch.added)
+        counters["outbox_removed"] += len(batch.removed)
         _LOGGER.debug(
-            "state saved in %.1f ms: %d session(s) holding %d buffered, %d removed, "
+            "state saved in %.1f ms: sessions +%d -%d, buffers +%d -%d (%d held), "
             "outbox +%d -%d, %d bytes used",
             (time.perf_counter() - started) * 1000,
-            len(upserts),
-            batch.queued,
-            len(deletes),
+            len(rows),
+            len(gone),
+            len(batch.queued),
+            len(batch.unqueued),
+            batch.buffered,
             len(batch.added),
             len(batch.removed),
             used,
@@ -644,48 +775,32 @@ class StateStore:
                 _LOGGER.debug("rollback of a failed save failed", exc_info=True)
 
     def _failed(self, exc: sqlite3.Error) -> None:
-        """Count and report a failed save (rate-limited); the state stays in memory."""
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-            if _disk_free(self.path) > _DISK_LOW:
-                self.counters["save_failed_cap"] += 1
-                self._error_once(
-                    "cap",
-                    logging.ERROR,
-                    "state file %s reached its cap of %d bytes: recent changes are kept in "
-                    "memory only (retrying); raise [gateway] state-max-bytes or reduce "
-                    "[mqttsn] queue-per-client / queue-total",
-                    self.path,
-                    self.max_bytes,
-                )
-                return
-            self.counters["save_failed_disk_full"] += 1
-            self._error_once(
-                "full",
-                logging.ERROR,
-                "state file %s: the disk is full: recent changes are kept in memory only "
-                "(retrying)",
-                self.path,
-            )
-            return
-        self.counters["save_failed"] += 1
-        self._error_once(
-            "error",
-            logging.ERROR,
-            "state file %s: saving failed (%s): recent changes are kept in memory only (retrying)",
-            self.path,
-            exc,
-        )
-
-    def _error_once(self, key: str, level: int, msg: str, *args: object) -> None:
+        """Count and report a failed save (ERROR once a minute); the state stays in memory."""
+        if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            key, why = "save_failed", f"saving failed ({exc})"
+        elif _disk_free(self.path) > _DISK_LOW:
+            key, why = "save_failed_cap", f"reached its cap of {self.max_bytes} bytes"
+        else:
+            key, why = "save_failed_disk_full", "the disk is full"
+        self.counters[key] += 1
         if self._due(key):
-            _LOGGER.log(level, msg, *args)
+            _LOGGER.error(
+                "state file %s: %s: recent changes are kept in memory only, retrying (%d "
+                "failed saves so far)%s",
+                self.path,
+                why,
+                self.counters[key],
+                "; raise [gateway] state-max-bytes or lower [mqttsn] queue-per-client / queue-total"
+                if key == "save_failed_cap"
+                else "",
+            )
 
     def _due(self, key: str) -> bool:
         """True at most once per _ERROR_INTERVAL for ``key`` (the log rate limit)."""
         now = time.monotonic()
-        last = self._last_error.get(key)
+        last = self._last_logged.get(key)
         if last is None or now - last >= _ERROR_INTERVAL:
-            self._last_error[key] = now
+            self._last_logged[key] = now
             return True
         return False
 
@@ -704,14 +819,19 @@ class StateStore:
         ]
 
     def _read_sessions(self) -> dict[str, dict[str, Any]]:
-        rows = self._db.execute("SELECT client_id, data FROM sessions")
-        return {client_id: json.loads(data) for client_id, data in rows}
+        sessions = {
+            client_id: {**json.loads(data), "queue": []}
+            for client_id, data in self._db.execute("SELECT client_id, data FROM sessions")
+        }
+        for client_id, topic, payload, qos, retain in self._db.execute(
+            "SELECT client_id, topic, payload, qos, retain FROM queue ORDER BY client_id, seq"
+        ):
+            if client_id in sessions:
+                sessions[client_id]["queue"].append([topic, bytes(payload), qos, bool(retain)])
+        return sessions
 
 
 # ---------------------------------------------------------------------------------- opening
-
-
-_DISK_LOW = 1024 * 1024  # "database or disk is full" with more free than this: our cap
 
 
 def _disk_free(path: str) -> int:
@@ -733,7 +853,7 @@ def _open(path: str, max_bytes: int) -> sqlite3.Connection:
         except OSError as exc:
             raise StoreError(path, f"cannot create its directory ({exc})", _OTHER_FILE) from None
     try:
-        # Autocommit (isolation_level None): transactions are explicit. One writer thread uses
+        # Autocommit (isolation_level None): transactions are explicit. The writer thread uses
         # the connection after opening, hence check_same_thread=False.
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
     except sqlite3.Error as exc:
@@ -761,12 +881,6 @@ def _open(path: str, max_bytes: int) -> sqlite3.Connection:
     return db
 
 
-_OTHER_FILE = (
-    "check the path and its permissions, choose another file with --state PATH (or "
-    "[gateway] state-file), or run with --state :memory: to keep state in memory only"
-)
-
-
 def _check(db: sqlite3.Connection, path: str, max_bytes: int) -> None:
     # EXCLUSIVE: the file is ours while we run (a second gateway on it gets "in use"), and WAL
     # then needs no shared-memory (-shm) file.
@@ -779,14 +893,16 @@ def _check(db: sqlite3.Connection, path: str, max_bytes: int) -> None:
             path,
             f"is an SQLite database of another application (application_id {app_id:#x}, "
             f"tables: {listed}), not a gateway state file",
+            f"point --state (or [gateway] state-file) at another file, or run with "
+            f"--state :memory: to keep state in memory only; {path} is left untouched",
         )
-    # WAL: a commit appends to the -wal file (no rewrite of the database in place), readers
-    # never block the writer, and a crash mid-commit leaves the last committed state intact.
+    # WAL: a commit appends to the -wal file (nothing rewritten in place) and a crash mid-commit
+    # leaves the last committed state intact.
     db.execute("PRAGMA journal_mode = WAL")
-    # NORMAL: in WAL mode a commit is durable against a crash of the process (kill -9: it is in
-    # the -wal file, in the OS cache) and the file never corrupts; only a power cut may roll
-    # back the last commits. FULL would fsync the SD card on every commit (20 times a second
-    # under load): wear and latency for no gain against kill -9.
+    # NORMAL: in WAL mode a commit survives a crash of the process (kill -9: it is in the -wal
+    # file, in the OS cache) and the file never corrupts; only a power cut may roll back the
+    # last commits. FULL would fsync the SD card on every commit (up to 20 a second): wear and
+    # latency for no gain against kill -9.
     db.execute("PRAGMA synchronous = NORMAL")
     db.execute(f"PRAGMA journal_size_limit = {4 * 1024 * 1024}")
     if not tables:
@@ -814,9 +930,3 @@ def _check(db: sqlite3.Connection, path: str, max_bytes: int) -> None:
     db.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
     # Checkpoint (copy the WAL into the file) well before the WAL is a sizeable part of the cap.
     db.execute(f"PRAGMA wal_autocheckpoint = {max(16, min(1000, max_bytes // page // 8))}")
-
-
-_MOVE_ASIDE = (
-    "move it aside (mv {path} {path}.bad, with its -wal file if there is one) to start with an "
-    "empty state"
-)

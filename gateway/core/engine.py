@@ -158,13 +158,10 @@ class GatewayCore(DeliveryMixin):
         if dirty is None or (type(message) is Publish and message.qos <= 0):
             handler(address, message, now, out)  # the hot path: nothing kept changes
             return out
-        before = self.by_address.get(address)  # a session forgotten by this message
         handler(address, message, now, out)
-        after = self.by_address.get(address)
-        if before is not None:
-            dirty.add(before)
-        if after is not None:
-            dirty.add(after)
+        client_id = self.by_address.get(address)  # bound by CONNECT / PINGREQ(ClientId) too
+        if client_id is not None:
+            dirty.add(client_id)
         return out
 
     def on_publish_done(self, token: int, ok: bool, now: float) -> list[Action]:
@@ -904,6 +901,8 @@ class GatewayCore(DeliveryMixin):
 
     def _forget(self, session: ClientSession, out: list[Action]) -> None:
         """Remove a session entirely (clean session ended, or a persistent one expired)."""
+        if self.dirty is not None:
+            self.dirty.add(session.client_id)  # its saved row goes too
         if self._aggregating:
             for name in list(session.subscriptions):
                 self._drop_subscription(session, name, out)
