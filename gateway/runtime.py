@@ -325,13 +325,13 @@ class GatewayRuntime:
             # Back through the forwarder, with the SEARCHGW's radius in Ctrl [§5.5].
             self._send(via, action.message, action.radius)
             return
-        transport = self._transport_for(via)
-        if transport is None:
+        target = self._transport_for(via)
+        if target is None:
             return
-        if transport.can_broadcast:
-            transport.broadcast(frame, action.radius)
+        if target.can_broadcast:
+            target.broadcast(frame, action.radius)
         else:
-            transport.send(via, frame)  # P14: unicast GWINFO where the link cannot broadcast
+            target.send(via, frame)  # P14: unicast GWINFO where the link cannot broadcast
 
     def _transport_for(self, address: Hashable) -> Transport | None:
         for transport in self._transports or []:

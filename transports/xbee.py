@@ -162,7 +162,7 @@ class XBeeTransport(Transport):
     # Fix (integration test): the runtime answers SEARCHGW with a broadcast GWINFO only on a
     # transport that says it can broadcast [§6.1, reference §5.2]; without this flag GWINFO
     # went unicast to the searcher although a Zigbee broadcast reaches every node.
-    can_broadcast = True  # type: ignore[assignment]  # ZigBee broadcast reaches every node
+    can_broadcast = True  # ZigBee broadcast reaches every node
 
     def __init__(
         self,
