@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.access_config import NodeCredentials, access_toml, parse_access
 from gateway.bridge.url import BrokerSettings, parse_broker_url
 from gateway.core.settings import CoreSettings, Mode
 from gateway.errors import ConfigError
@@ -103,6 +104,8 @@ class GatewayConfig:
     state_file: str | None = None
     #: ``[gateway] state-max-bytes``: the cap on the state file's size (SD cards).
     state_max_bytes: int = _DEFAULT_STATE_MAX_BYTES
+    #: ``[[access.credentials]]``: per-node broker logins (transparent mode); see access_config.
+    credentials: tuple[NodeCredentials, ...] = ()
 
     def to_toml(self) -> str:
         """The effective configuration as TOML (secrets redacted), for ``check-config``."""
@@ -118,7 +121,7 @@ class GatewayConfig:
             lines.append('password = "***"')
         lines += ["", "[mqttsn]"]
         for f in dataclasses.fields(self.core):
-            if f.name != "predefined":
+            if f.name not in ("predefined", "access"):
                 lines.append(_toml_line(f.name, getattr(self.core, f.name)))
         lines += ["", "[predefined]"]
         lines += [f'{tid} = "{name}"' for tid, name in sorted(self.core.predefined.items())]
@@ -129,6 +132,7 @@ class GatewayConfig:
                 _toml_line(f.name, getattr(transport, f.name))
                 for f in dataclasses.fields(transport)
             ]
+        lines += access_toml(self.core.access, self.credentials)
         return "\n".join(line for line in lines if line is not None) + "\n"
 
 
@@ -188,7 +192,7 @@ def parse_config(
     state: str | None = None,
 ) -> GatewayConfig:
     """Validate a parsed TOML document; keyword arguments override what the file says."""
-    _reject_unknown("", data, {"gateway", "broker", "mqttsn", "predefined", "transports"})
+    _reject_unknown("", data, {"gateway", "broker", "mqttsn", "predefined", "transports", "access"})
     gw = _table(data, "gateway")
     _reject_unknown(
         "gateway", gw, {"name", "log-level", "id", "mode", "state-file", "state-max-bytes"}
@@ -204,7 +208,7 @@ def parse_config(
     if predefined:
         pre.update(predefined)
     mqttsn.pop("predefined", None)
-    core_kwargs = _fields_from(CoreSettings, mqttsn, "mqttsn", exclude={"predefined"})
+    core_kwargs = _fields_from(CoreSettings, mqttsn, "mqttsn", exclude={"predefined", "access"})
     if "mode" in core_kwargs:
         try:
             core_kwargs["mode"] = Mode(core_kwargs["mode"])
@@ -213,7 +217,10 @@ def parse_config(
                 "gateway.mode", f"{core_kwargs['mode']!r}: use aggregating or transparent"
             ) from None
     try:
-        core = CoreSettings(predefined=pre, **core_kwargs)
+        access, credentials = parse_access(
+            _table(data, "access"), core_kwargs.get("mode", Mode.AGGREGATING)
+        )
+        core = CoreSettings(predefined=pre, access=access, **core_kwargs)
     except ValueError as exc:
         raise ConfigError("mqttsn", str(exc)) from None
 
@@ -243,6 +250,7 @@ def parse_config(
         str(gw.get("name", "mqttsn-gateway")),
         state_file,
         max_bytes,
+        credentials,
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from gateway.access_config import credentials_lookup
 from gateway.bridge import create_upstream
 from gateway.bridge.base import Upstream
 from gateway.config import GatewayConfig
@@ -79,6 +80,8 @@ class GatewayRuntime:
         self.observers: list[Any] = []  # callables(event: str, **fields) for the demo and tests
         self.store: StateStore | None = None  # the state file, once started (None: in memory)
         self._held: list[tuple[Hashable, Message, int]] | None = None  # before transports open
+        self._last_message: Message | None = None  # the last frame encoded, and its bytes
+        self._last_frame = b""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -102,10 +105,14 @@ class GatewayRuntime:
         self._loop = asyncio.get_running_loop()
         outbox = self._open_store()  # first: a bad state file stops us before any I/O
         if self._upstream is None:
+            options: dict[str, Any] = {}
+            if self.config.credentials and self.config.core.mode is Mode.TRANSPARENT:
+                options["credentials"] = credentials_lookup(self.config.credentials)
             self._upstream = create_upstream(
                 self.config.broker,
                 self.config.core.mode.value,
                 gateway_id=f"{self.config.gateway_name}-{self.config.core.gw_id}",
+                **options,
             )
         if self._transports is None:
             self._transports = [
@@ -288,11 +295,15 @@ class GatewayRuntime:
         if self._held is not None:
             self._held.append((address, message, radius))
             return
-        try:
-            frame = encode(message)
-        except Exception:  # our bug: log it, never take the loop down
-            _LOGGER.exception("cannot encode %r for %s", message, address)
-            return
+        if message is self._last_message:
+            frame = self._last_frame  # a fan-out: the core handed every node the same PUBLISH
+        else:
+            try:
+                frame = encode(message)
+            except Exception:  # our bug: log it, never take the loop down
+                _LOGGER.exception("cannot encode %r for %s", message, address)
+                return
+            self._last_message, self._last_frame = message, frame
         if type(address) is ForwardedAddress:
             frame = encode(Encapsulated(address.node_id, frame, min(radius, 3)))
             address = address.forwarder

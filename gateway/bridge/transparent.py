@@ -19,7 +19,9 @@ moved to another gateway) also ends the session instead of fighting over the Cli
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 
 from gateway.bridge.aggregating import DEFAULT_STATUS_TOPIC, AggregatingUpstream
 from gateway.bridge.base import Upstream, UpstreamEvents, Will
@@ -73,6 +75,8 @@ class TransparentUpstream(Upstream):
         close_timeout: seconds a closing session waits for outstanding acknowledgements.
         max_connecting: connection attempts in progress at once; more would overflow the
             broker's listen backlog after a broker restart (SYN retries cost a second each).
+        credentials: ClientId -> (username, password) for that node's own connection, or
+            None to log in as ``settings`` says (``[[access.credentials]]``).
     """
 
     def __init__(
@@ -85,8 +89,10 @@ class TransparentUpstream(Upstream):
         outbox_limit: int | None = None,
         close_timeout: float = 5.0,
         max_connecting: int = 64,
+        credentials: Callable[[str], tuple[str, str | None] | None] | None = None,
     ) -> None:
         self.settings = settings
+        self._credentials = credentials
         self.gateway = AggregatingUpstream(
             settings,
             gateway_id=gateway_id,
@@ -139,8 +145,12 @@ class TransparentUpstream(Upstream):
             )
             return
         session = _Session(self, client_id)
+        login = self._credentials(client_id) if self._credentials is not None else None
+        settings = self.settings
+        if login is not None:
+            settings = dataclasses.replace(settings, username=login[0], password=login[1])
         connection = open_connection(
-            self.settings,
+            settings,
             f"{self.settings.client_id_prefix}{client_id}",
             session,
             will=will,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.bridge.base import Will
+from gateway.core.access import AccessControl
 from gateway.core.actions import (
     Action,
     Broadcast,
@@ -27,6 +28,7 @@ from gateway.core.actions import (
     SubscribeUpstream,
     UnsubscribeUpstream,
 )
+from gateway.core.admission import Admission
 from gateway.core.delivery import DeliveryMixin
 from gateway.core.delivery_queue import QueueBudget, discard_all
 from gateway.core.session import (
@@ -78,6 +80,7 @@ from gateway.protocol.messages import (
     WillTopicResp,
     WillTopicUpd,
     id_to_short_name,
+    unchecked_builder,
 )
 
 __all__ = ["CoreState", "GatewayCore"]
@@ -87,6 +90,9 @@ _LOGGER = logging.getLogger(__name__)
 S = SessionState
 _CONNECTED = (S.ACTIVE, S.AWAKE)
 _MAX_UPLINK_PENDING = 32  # QoS 1/2 from one node awaiting the broker (spec allows 1; be lenient)
+# The QoS 1 PUBACK to a node, built without its validating constructor (ids came decoded).
+_puback = unchecked_builder(Puback, ("topic_id", "msg_id", "return_code"))
+_ACCEPTED = ReturnCode.ACCEPTED
 
 
 @dataclass(slots=True)
@@ -143,6 +149,8 @@ class GatewayCore(DeliveryMixin):
         }
         if state is not None:
             self._load(state)
+        self.access = AccessControl(s.access)  # [access]: allow-list and topic rules
+        self.admission = Admission(s, self.access, self.sessions, self.counters)
 
     # ------------------------------------------------------------------ inputs
 
@@ -186,7 +194,7 @@ class GatewayCore(DeliveryMixin):
             )
         elif pending.qos == 1:
             del session.uplink[msg_id]
-            self._send(session, Puback(pending.topic_id, msg_id), out)
+            self._send(session, _puback(pending.topic_id, msg_id, _ACCEPTED), out)
         else:
             pending.acked = True
             self._send(session, Pubrec(msg_id), out)
@@ -381,6 +389,11 @@ class GatewayCore(DeliveryMixin):
     # ------------------------------------------------------------------ connect and will
 
     def _on_connect(self, address: Hashable, msg: Connect, now: float, out: list[Action]) -> None:
+        verdict = self.admission.check_connect(address, msg.client_id, now)
+        if verdict is not ReturnCode.ACCEPTED:
+            if verdict is not None:  # None: over its source's rate, dropped unanswered
+                out.append(SendFrame(address, Connack(verdict)))
+            return
         if "{client_id}" in self.settings.uplink_topic_template and not valid_topic_level(
             msg.client_id
         ):
@@ -480,7 +493,9 @@ class GatewayCore(DeliveryMixin):
             session.will = None
             self._finish_connect(session, now, out, renew_upstream=True)
             return
-        if not valid_topic_name(msg.will_topic):
+        if not valid_topic_name(msg.will_topic) or not self.access.may_publish(
+            session.client_id, msg.will_topic
+        ):
             # Fix: a will on "a/#" can never be published (upstream it is an invalid PUBLISH
             # or CONNECT); refuse the connection rather than arm it [§5.3.10: not supported].
             self.counters["connect_refused_will_topic"] += 1
@@ -510,7 +525,9 @@ class GatewayCore(DeliveryMixin):
             return
         if not msg.will_topic:
             session.will = None  # empty WILLTOPICUPD deletes topic and message [§6.4]
-        elif not valid_topic_name(msg.will_topic):
+        elif not valid_topic_name(msg.will_topic) or not self.access.may_publish(
+            session.client_id, msg.will_topic
+        ):
             # Fix: never arm a will that cannot be published (see _on_willtopic).
             self._send(session, WillTopicResp(ReturnCode.REJECTED_NOT_SUPPORTED), out)
             return
@@ -564,6 +581,12 @@ class GatewayCore(DeliveryMixin):
         if not valid_topic_name(msg.topic_name):
             self._send(session, Regack(0, msg.msg_id, ReturnCode.REJECTED_NOT_SUPPORTED), out)
             return
+        if not self.access.may_publish(session.client_id, msg.topic_name):
+            # [access.rules]: "not supported", never "invalid topic id" (the node would
+            # REGISTER again forever).
+            self.counters["register_refused_access"] += 1
+            self._send(session, Regack(0, msg.msg_id, ReturnCode.REJECTED_NOT_SUPPORTED), out)
+            return
         topic_id = session.registry.register(msg.topic_name)
         if topic_id is None:
             self.counters["register_refused_limit"] += 1
@@ -576,6 +599,9 @@ class GatewayCore(DeliveryMixin):
         session = self.sessions.get(client_id) if client_id is not None else None
         qos = msg.qos
         if qos is QoS.MINUS_ONE:
+            if session is None and not self.access.admits("", address):
+                self.counters["minus_one_refused_access"] += 1  # anonymous: ClientId ""
+                return
             self._publish_minus_one(session, msg, out)
             return
         if session is None or session.state not in _CONNECTED:
@@ -589,6 +615,13 @@ class GatewayCore(DeliveryMixin):
             self.counters["publish_invalid_topic_id"] += 1
             self._send(
                 session, Puback(msg.topic_id, msg.msg_id, ReturnCode.REJECTED_INVALID_TOPIC_ID), out
+            )
+            return
+        if not self.access.may_publish(session.client_id, topic):
+            # [access.rules], any QoS and any kind of topic id (a gateway-registered id too).
+            self.counters["publish_refused_access"] += 1
+            self._send(
+                session, Puback(msg.topic_id, msg.msg_id, ReturnCode.REJECTED_NOT_SUPPORTED), out
             )
             return
         upstream_topic = self._uplink_topic(session.client_id, topic)
@@ -629,6 +662,9 @@ class GatewayCore(DeliveryMixin):
             self.counters["minus_one_unknown_topic"] += 1  # nothing can be reported back
             return
         client_id = session.client_id if session is not None else None
+        if not self.access.may_publish(client_id or "", topic):
+            self.counters["minus_one_refused_access"] += 1
+            return
         upstream_topic = self._uplink_topic(client_id, topic) if client_id else topic
         out.append(
             PublishUpstream(
@@ -667,6 +703,13 @@ class GatewayCore(DeliveryMixin):
             and (len(session.subscriptions) >= self.settings.max_subscriptions_per_client)
         ):
             code = ReturnCode.REJECTED_CONGESTION
+        if (
+            code is ReturnCode.ACCEPTED
+            and name is not None
+            and not self.access.may_subscribe(session.client_id, name)
+        ):
+            self.counters["subscribe_refused_access"] += 1  # no allowed pattern covers it
+            code = ReturnCode.REJECTED_NOT_SUPPORTED
         if name is None or code is not ReturnCode.ACCEPTED:
             self._send(session, Suback(0, msg.msg_id, code, QoS.AT_MOST_ONCE), out)
             return
@@ -746,6 +789,11 @@ class GatewayCore(DeliveryMixin):
             if session is None:
                 # P9: an unknown ClientId gets no answer (it would let anyone probe sessions).
                 self.counters["pingreq_unknown_client"] += 1
+                return
+            if not self.access.admits(session.client_id, address):
+                # The allow-list binds this node to a transport/address: a PINGREQ from
+                # elsewhere must not move its session (and buffered messages) there.
+                self.counters["pingreq_refused_access"] += 1
                 return
             self._bind_address(session, address)
         else:

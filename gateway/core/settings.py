@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from gateway.core.access import AccessPolicy
+
 __all__ = ["CoreSettings", "Mode"]
 
 
@@ -40,6 +42,11 @@ class CoreSettings:
         retained_window: how long after a SUBSCRIBE retained messages are routed to that node.
         uplink_topic_template: topic used upstream for a node's publish, e.g.
             ``"nodes/{client_id}/{topic}"``; the default keeps topics as the node named them.
+        connect_per_second / connect_burst: CONNECTs accepted per source address (a token
+            bucket); beyond them a CONNECT is dropped unanswered and counted. 0: no limit.
+        max_connecting: sessions half-open (CONNECTING) at once; beyond it CONNACK
+            "rejected: congestion".
+        access: the allow-list and topic rules (``[access]``); the default allows everything.
     """
 
     gw_id: int = 1
@@ -61,6 +68,10 @@ class CoreSettings:
     gwinfo_per_second: float = 20.0
     retained_window: float = 5.0
     uplink_topic_template: str = "{topic}"
+    connect_per_second: float = 5.0
+    connect_burst: int = 10
+    max_connecting: int = 1_000
+    access: AccessPolicy = field(default_factory=AccessPolicy)
 
     def __post_init__(self) -> None:
         if not 0 <= self.gw_id <= 255:
@@ -74,6 +85,10 @@ class CoreSettings:
                 raise ValueError(f"predefined topic id must be 1..65534, got {key}")
             if not value or "+" in value or "#" in value:
                 raise ValueError(f"predefined topic {key} must be a concrete topic, got {value!r}")
+        if self.connect_per_second < 0:
+            raise ValueError("connect_per_second must be >= 0 (0: no limit)")
+        if self.connect_burst < 1 or self.max_connecting < 1:
+            raise ValueError("connect_burst and max_connecting must be >= 1")
         if self.t_retry <= 0 or self.n_retry < 0:
             raise ValueError("t_retry must be > 0 and n_retry >= 0")
         if "{topic}" not in self.uplink_topic_template:
