@@ -20,9 +20,11 @@ from gateway.access_config import NodeCredentials, access_toml, parse_access
 from gateway.bridge.url import BrokerSettings, parse_broker_url
 from gateway.core.settings import CoreSettings, Mode
 from gateway.errors import ConfigError
+from transports.psk import PskError, PskTable, load_psk
 
 __all__ = [
     "BleConfig",
+    "DtlsConfig",
     "GatewayConfig",
     "SerialConfig",
     "UdpConfig",
@@ -78,14 +80,52 @@ class BleConfig:
     max_connections: int = 8
 
 
+@dataclass(frozen=True, slots=True)
+class DtlsConfig:
+    """``type = "dtls"``: MQTT-SN in DTLS 1.2 records with pre-shared keys, over UDP.
+
+    Keys: a ``[transports.<name>.psk]`` table (``identity = "hex key"``) and/or ``psk-file``
+    (``identity:hexkey`` lines); see ``transports.psk``. Keys are never printed (``***``).
+    """
+
+    bind: str = "0.0.0.0:1885"
+    psk: Mapping[str, str] | None = None
+    psk_file: str | None = None
+    ciphers: list[str] | None = None  # None: transports.dtls.DEFAULT_CIPHERS
+    handshake_timeout: float = 10.0
+    retransmit_timeout: float = 1.0
+    idle_timeout: float | None = None
+    max_peers: int = 1000
+    max_handshakes: int = 64
+    max_frame: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.psk is not None and not isinstance(self.psk, PskTable):
+            object.__setattr__(self, "psk", PskTable(self.psk))  # repr/str hide the keys
+
+    def check(self, prefix: str) -> None:
+        """Raise ConfigError (naming the key under ``prefix``) unless the keys load."""
+        try:
+            load_psk(self.psk, self.psk_file)
+        except PskError as exc:
+            raise ConfigError(f"{prefix}.{exc.where}", exc.reason) from None
+        if self.ciphers is not None and not all(isinstance(c, str) for c in self.ciphers):
+            raise ConfigError(f"{prefix}.ciphers", "a list of Mbed TLS suite names")
+        if not 0 < self.retransmit_timeout <= self.handshake_timeout:
+            raise ConfigError(f"{prefix}.retransmit-timeout", "0 < it <= handshake-timeout")
+        if min(self.max_peers, self.max_handshakes) < 1:
+            raise ConfigError(f"{prefix}.max-peers", "max-peers and max-handshakes: at least 1")
+
+
 _DEFAULT_STATE_MAX_BYTES = 64 * 1024 * 1024  # gateway.store.DEFAULT_MAX_BYTES (not imported: cheap)
 
-TransportConfig = UdpConfig | SerialConfig | XBeeConfig | BleConfig
+TransportConfig = UdpConfig | SerialConfig | XBeeConfig | BleConfig | DtlsConfig
 _TRANSPORT_TYPES: dict[str, type[Any]] = {
     "udp": UdpConfig,
     "serial": SerialConfig,
     "xbee": XBeeConfig,
     "ble": BleConfig,
+    "dtls": DtlsConfig,
 }
 
 
@@ -307,8 +347,10 @@ def _transports(table: Mapping[str, Any], udp_override: str | None) -> dict[str,
     if not table and udp_override is None:
         result["udp"] = UdpConfig()
     for name, transport in result.items():
-        if isinstance(transport, UdpConfig):
+        if isinstance(transport, UdpConfig | DtlsConfig):
             split_host_port(transport.bind, f"transports.{name}.bind")
+        if isinstance(transport, DtlsConfig):
+            transport.check(f"transports.{name}")
     if not result:
         raise ConfigError("transports", "no transport enabled; add e.g. [transports.udp]")
     return result

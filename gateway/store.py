@@ -14,6 +14,13 @@ disk, so only messages that entered or left it are written) and committed in one
 by a writer thread, so a slow SD card never stalls the loop. A change reaches the file within
 ``flush_interval`` plus the commit; ``kill -9`` inside that window loses that change.
 
+Uplink QoS 1/2 publishes are the exception, to keep the QoS 1 hot path off the disk: one is
+saved (outbox row, and its entry in the node's row) only once it has waited a whole interval
+for the broker. One acknowledged sooner (the usual case: a few milliseconds) is never written;
+losing it to ``kill -9`` loses nothing the node was told: the node gets its PUBACK only after
+the broker's, so it retransmits. Likewise an active node's ``last_rx`` is saved coarsely (the
+restore starts its keep-alive over anyway), so steady traffic does not rewrite its row.
+
 Times in the core are the loop's monotonic clock; on disk they are wall-clock (mono + the
 wall-mono offset at save), rebased on load, so a sleeping node keeps its real deadline.
 
@@ -72,6 +79,9 @@ _ERROR_INTERVAL = 60.0  # seconds between two ERROR lines about one kind of fail
 _RETRY_DELAY = 1.0  # seconds between save attempts while saving fails
 _DISK_LOW = 1024 * 1024  # "database or disk is full" with more free than this: our cap
 _OFFSET_SLACK = 1.0  # seconds the wall clock may drift from the saved anchor (NTP steps more)
+_LAST_RX_GRAIN = 10.0  # seconds: an active node's last_rx as saved (the restore ignores it)
+# Restored with last_rx = max(saved, now) (``_rebase``): a coarse saved value changes nothing.
+_LIVE_STATES: Final = frozenset((SessionState.ACTIVE, SessionState.AWAKE, SessionState.CONNECTING))
 
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -127,6 +137,7 @@ _ADDRESS_TYPES: Final = {
     "xbee": ("transports.xbee", "XBeeAddress", ("ieee64",)),
     "serial": ("transports.serial", "SerialAddress", ("port",)),
     "ble": ("transports.ble", "BleAddress", ("mac",)),
+    "dtls": ("transports.dtls", "DtlsAddress", ("host", "port")),
 }
 _ADDRESS_TAGS: Final = {(module, name): tag for tag, (module, name, _) in _ADDRESS_TYPES.items()}
 _SCALARS = (str, int, float, bool, type(None))
@@ -465,6 +476,7 @@ class StateStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._pending = _Batch()  # outbox changes since the last save
+        self._young: dict[int, PublishUpstream] = {}  # outbox entries held back one interval
         self._mirrors: dict[str, _Mirror] = {}  # buffers as saved
         self._rows: dict[str, str] = {}  # session rows as saved
         self._offset = 0.0  # wall - mono used for the saved times
@@ -573,30 +585,37 @@ class StateStore:
 
     def outbox_done(self, token: int) -> None:
         """The broker acknowledged ``token`` (or the node was refused): forget it."""
-        if self._pending.added.pop(token, None) is None:  # acked within one batch: no write
+        # Acked within one or two batches (see the module docstring): no write at all.
+        if self._pending.added.pop(token, None) is None and self._young.pop(token, None) is None:
             self._pending.removed.add(token)
             if self._handle is None:
                 self.changed()
 
-    def flush(self) -> None:
-        """Serialise what changed now and hand it to the writer thread."""
+    def flush(self, *, everything: bool = False) -> None:
+        """Serialise what changed now and hand it to the writer thread.
+
+        Uplink publishes younger than one interval wait for the next flush, unless
+        ``everything``.
+        """
         self._handle = None
         job = self._job
         if job is not None and not job.done():
             self._reschedule()  # the disk is slow: changes keep collecting meanwhile
             return
         unwritten = job.result() if job is not None else None
-        batch = self._collect()
+        batch = self._collect(everything)
         if unwritten is not None:
             batch = unwritten.then(batch)
         if batch:
             self._job = self._executor.submit(self._write, batch)
             self._job.add_done_callback(self._written)
+        if self._young:
+            self._reschedule()  # saved next time unless acknowledged meanwhile
 
     async def sync(self) -> None:
         """Save everything changed so far and wait until it is committed (or failed)."""
         await self._wait()
-        self.flush()
+        self.flush(everything=True)
         await self._wait()
 
     async def close(self) -> None:
@@ -636,10 +655,23 @@ class StateStore:
 
     # -- event loop side ----------------------------------------------------------------------
 
-    def _collect(self) -> _Batch:
+    def _collect(self, everything: bool = False) -> _Batch:
         batch, self._pending = self._pending, _Batch()
+        # Outbox entries held back last time and still unacknowledged are saved now; those
+        # added since are held back in turn (see the module docstring).
+        young = batch.added
+        batch.added = self._young
+        if everything:
+            batch.added.update(young)
+            young = {}
+        self._young = young
         core = self._core
-        if core is None or not core.dirty:
+        if core is None:
+            return batch
+        if batch.added and core.dirty is not None:
+            # Their nodes' rows were saved without them: save those rows again, with them.
+            core.dirty.update(e.client_id for e in batch.added.values() if e.client_id)
+        if not core.dirty:
             return batch
         dirty, core.dirty = core.dirty, set()
         assert self._loop is not None
@@ -657,9 +689,13 @@ class StateStore:
                     mirror.diff(client_id, (), batch)
                     del self._mirrors[client_id]
                 continue
-            text = json.dumps(
-                encode_session(session, self._offset, queue=False), separators=(",", ":")
-            )
+            data = encode_session(session, self._offset, queue=False)
+            if session.state in _LIVE_STATES:
+                data["last_rx"] -= data["last_rx"] % _LAST_RX_GRAIN
+            if young and session.uplink:
+                # Not yet in the outbox: nor in the row (the loader would drop it anyway).
+                data["uplink"] = [u for u in data["uplink"] if u[3] or u[4] not in young]
+            text = json.dumps(data, separators=(",", ":"))
             if self._rows.get(client_id) != text:  # e.g. a QoS 1 publish in and acked: same
                 batch.rows[client_id] = self._rows[client_id] = text
             queue: Iterable[Delivery] = session.queue

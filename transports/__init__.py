@@ -37,6 +37,7 @@ _REGISTRY: dict[str, str | TransportFactory] = {
     "serial": "transports.serial:SerialTransport",
     "xbee": "transports.xbee:XBeeTransport",
     "ble": "transports.ble:BleTransport",
+    "dtls": "transports.dtls:DtlsTransport",
 }
 
 # What to install when a medium's import fails.
@@ -44,6 +45,7 @@ _INSTALL_HINTS: dict[str, str] = {
     "serial": "pip install pyserial pyserial-asyncio",
     "xbee": "pip install 'mqttsn-gateway[xbee]'",
     "ble": "pip install 'mqttsn-gateway[ble]'",
+    "dtls": "pip install 'mqttsn-gateway[dtls]'",
 }
 
 
@@ -148,10 +150,22 @@ def _adapt_ble(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _adapt_dtls(kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs = _adapt_udp(kwargs)
+    if "psk" in kwargs or "psk_file" in kwargs:
+        from transports.psk import load_psk  # pure; hex table and key file -> bytes
+
+        kwargs["psk"] = load_psk(kwargs.get("psk"), kwargs.pop("psk_file", None))
+    if kwargs.get("ciphers") is None:
+        kwargs.pop("ciphers", None)
+    return kwargs
+
+
 # Config keys that differ from constructor keywords, per transport type.
 _ADAPTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "udp": _adapt_udp,
     "serial": _adapt_port_to_url,
     "xbee": _adapt_port_to_url,
     "ble": _adapt_ble,
+    "dtls": _adapt_dtls,
 }
