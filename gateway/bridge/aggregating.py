@@ -109,8 +109,13 @@ class AggregatingUpstream(Upstream):
         if client_id is not None and self._property is not None:
             props = self._props.get(client_id)
             if props is None:
+                if len(self._props) >= 10_000:  # bounded: ClientIds come and go
+                    self._props.clear()
                 props = self._props[client_id] = [(self._property, client_id)]
-        self._require().publish(topic, payload, qos, retain, token, props)
+        connection = self._connection  # not _require(): a call less per message
+        if connection is None:
+            raise RuntimeError(f"{self!r} is not started")
+        connection.publish(topic, payload, qos, retain, token, props)
 
     def subscribe(self, client_id: str | None, topic_filter: str, qos: int) -> None:
         """Add a reference (one per holder) and SUBSCRIBE at the broker.

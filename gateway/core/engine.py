@@ -45,6 +45,7 @@ from gateway.core.timers import TimerHeap
 from gateway.core.topics import (
     TopicRegistry,
     is_wildcard,
+    mqtt_safe,
     valid_filter,
     valid_topic_level,
     valid_topic_name,
@@ -93,6 +94,9 @@ _MAX_UPLINK_PENDING = 32  # QoS 1/2 from one node awaiting the broker (spec allo
 # The QoS 1 PUBACK to a node, built without its validating constructor (ids came decoded).
 _puback = unchecked_builder(Puback, ("topic_id", "msg_id", "return_code"))
 _ACCEPTED = ReturnCode.ACCEPTED
+# Enum members as module constants: ``QoS.AT_MOST_ONCE`` is a ~0.2 us lookup in Python 3.11.
+_QOS_0 = QoS.AT_MOST_ONCE
+_QOS_MINUS_ONE = QoS.MINUS_ONE
 
 
 @dataclass(slots=True)
@@ -394,9 +398,11 @@ class GatewayCore(DeliveryMixin):
             if verdict is not None:  # None: over its source's rate, dropped unanswered
                 out.append(SendFrame(address, Connack(verdict)))
             return
-        if "{client_id}" in self.settings.uplink_topic_template and not valid_topic_level(
-            msg.client_id
+        if not mqtt_safe(msg.client_id) or (
+            "{client_id}" in self.settings.uplink_topic_template
+            and not valid_topic_level(msg.client_id)
         ):
+            # The ClientId travels upstream (MQTT 5 user property, ClientId, topic template):
             # Fix: the ClientId goes into every upstream topic; "+", "#" or NUL there would be
             # an invalid PUBLISH and the broker would close the (shared) connection.
             self.counters["connect_refused_client_id"] += 1
@@ -598,7 +604,7 @@ class GatewayCore(DeliveryMixin):
         client_id = self.by_address.get(address)
         session = self.sessions.get(client_id) if client_id is not None else None
         qos = msg.qos
-        if qos is QoS.MINUS_ONE:
+        if qos is _QOS_MINUS_ONE:
             if session is None and not self.access.admits("", address):
                 self.counters["minus_one_refused_access"] += 1  # anonymous: ClientId ""
                 return
@@ -625,7 +631,7 @@ class GatewayCore(DeliveryMixin):
             )
             return
         upstream_topic = self._uplink_topic(session.client_id, topic)
-        if qos is QoS.AT_MOST_ONCE:
+        if qos is _QOS_0:
             out.append(PublishUpstream(session.client_id, upstream_topic, msg.data, 0, msg.retain))
             return
         pending = session.uplink.get(msg.msg_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ from gateway.protocol.constants import TopicIdType
 __all__ = [
     "TopicRegistry",
     "is_wildcard",
+    "mqtt_safe",
     "topic_matches",
     "valid_filter",
     "valid_topic_level",
@@ -25,19 +27,34 @@ def is_wildcard(topic_filter: str) -> bool:
     return "+" in topic_filter or "#" in topic_filter
 
 
+# Characters an MQTT broker refuses in a UTF-8 string (MQTT 5 §1.5.4: NUL, control characters,
+# non-characters): one such topic or ClientId makes the broker drop the connection, which in
+# aggregating mode is every node's, so they are refused at the gateway.
+_BAD_CHARS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + "".join(chr(p << 16 | 0xFFFE) + chr(p << 16 | 0xFFFF) for p in range(17))
+    + "]"
+)
+
+
+def mqtt_safe(text: str) -> bool:
+    """True when ``text`` has no character an MQTT broker refuses in a UTF-8 string."""
+    return _BAD_CHARS.search(text) is None
+
+
 def valid_topic_name(name: str) -> bool:
     """A concrete MQTT topic name: non-empty, no wildcards, no NUL."""
-    return bool(name) and not is_wildcard(name) and "\x00" not in name
+    return bool(name) and not is_wildcard(name) and mqtt_safe(name)
 
 
 def valid_topic_level(text: str) -> bool:
     """Text that may be placed inside a topic name: no wildcards, no NUL (may be empty)."""
-    return not is_wildcard(text) and "\x00" not in text
+    return not is_wildcard(text) and mqtt_safe(text)
 
 
 def valid_filter(topic_filter: str) -> bool:
     """An MQTT topic filter: ``#`` only as the whole last level, ``+`` only as a whole level."""
-    if not topic_filter or "\x00" in topic_filter:
+    if not topic_filter or not mqtt_safe(topic_filter):
         return False
     levels = topic_filter.split("/")
     for index, level in enumerate(levels):
