@@ -23,6 +23,7 @@ import socket
 import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, cast
 
@@ -33,6 +34,9 @@ __all__ = ["UdpTransport", "WarningLimiter"]
 _LOGGER = logging.getLogger(__name__)
 
 _ADDRESS_CACHE_LIMIT = 100_000
+_BURST_MAX = 256  # datagrams read per wake-up at most (then the loop serves the rest)
+_BURST_FEW = 8  # a wake-up that found fewer pauses reading for ``read_holdoff``
+_SEND_QUEUE_LIMIT = 4096  # datagrams waiting for room in the kernel's send buffer
 _EXCERPT = 16
 # Linux socket options that Python 3.11 does not name: without them, a socket bound to a port
 # also receives every group any other socket on the host joined on that port.
@@ -168,6 +172,171 @@ class _Endpoint(asyncio.DatagramProtocol):
         return f"<_Endpoint {self._owner.name} {self._label} paused={self.paused}>"
 
 
+class _SocketTransport:
+    """The sending half of a ``_BurstEndpoint``: ``sendto`` straight on the non-blocking socket.
+
+    What the kernel cannot take right now waits in a bounded queue drained when the socket is
+    writable (as the loop's datagram transport would buffer it); beyond the bound ``sendto``
+    reports the frame as not sent.
+    """
+
+    __slots__ = ("_endpoint", "_loop", "_queue", "_sock", "_writing")
+
+    def __init__(self, endpoint: _BurstEndpoint, sock: socket.socket) -> None:
+        self._endpoint = endpoint
+        self._sock: socket.socket | None = sock
+        self._loop = asyncio.get_running_loop()
+        self._queue: deque[tuple[bytes, SockAddr]] = deque()
+        self._writing = False
+
+    def sendto(self, data: bytes, addr: SockAddr) -> None:
+        """Send one datagram now, or queue it while the kernel's buffer is full."""
+        sock = self._sock
+        if sock is None:
+            raise OSError("socket closed")
+        if not self._queue:
+            try:
+                sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                pass
+        if len(self._queue) >= _SEND_QUEUE_LIMIT:
+            raise BlockingIOError("send queue full")
+        self._queue.append((data, addr))
+        if not self._writing:
+            self._writing = True
+            self._endpoint.paused = True
+            self._loop.add_writer(sock.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        queue = self._queue
+        sock = self._sock
+        while queue and sock is not None:
+            data, addr = queue[0]
+            try:
+                sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._endpoint.error_received_count()
+            queue.popleft()
+        if sock is not None:
+            self._loop.remove_writer(sock.fileno())
+        self._writing = False
+        self._endpoint.paused = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``"socket"`` (for the multicast options), as the loop's transports offer it."""
+        if name == "socket":
+            return self._sock
+        if name == "sockname" and self._sock is not None:
+            return self._sock.getsockname()
+        return default
+
+    def is_closing(self) -> bool:
+        """True once closed."""
+        return self._sock is None
+
+    def close(self) -> None:
+        """Stop reading and writing, close the socket; queued frames are dropped."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        if self._writing:
+            self._loop.remove_writer(sock.fileno())
+        self._queue.clear()
+        self._endpoint.stop_reading()
+        sock.close()
+        self._endpoint.connection_lost(None)
+
+
+class _BurstEndpoint(_Endpoint):
+    """The unicast socket read by the transport itself: many datagrams per loop wake-up.
+
+    Measured (tests/bench/RESULTS.md): the loop's datagram protocol wakes up, reads and calls
+    back once per datagram or nearly so, and under load the kernel work per wake-up dominates.
+    Here one wake-up drains up to ``_BURST_MAX`` datagrams with ``recvfrom``; when a wake-up
+    found only a few (a trickle: each would cost a wake-up of its own) the reader is paused
+    for ``holdoff`` seconds so the next one finds a burst. That adds at most ``holdoff`` of
+    latency and lets the rest of the gateway (the broker write, the QoS 1 PUBACKs) work in
+    batches too.
+    """
+
+    def __init__(
+        self, owner: UdpTransport, label: str, sock: socket.socket, holdoff: float
+    ) -> None:
+        super().__init__(owner, label, sock.family)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = asyncio.get_running_loop()
+        self._holdoff = holdoff
+        self._bufsize = owner.max_frame + 1  # one byte more: an oversize datagram shows as such
+        self._reading = False
+        self._resume_handle: asyncio.TimerHandle | None = None
+        self.transport = cast(asyncio.DatagramTransport, _SocketTransport(self, sock))
+
+    def start_reading(self) -> None:
+        """Begin delivering datagrams."""
+        if not self._reading and self.transport is not None and not self.transport.is_closing():
+            self._reading = True
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    def stop_reading(self) -> None:
+        """Stop delivering datagrams (at close)."""
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def error_received_count(self) -> None:
+        """A send error surfaced while draining the send queue."""
+        self._counters["tx_errors"] += 1
+
+    def _resume(self) -> None:
+        self._resume_handle = None
+        self.start_reading()
+
+    def _on_readable(self) -> None:
+        # Hot path: the body of datagram_received, inlined in the read loop.
+        recvfrom = self._sock.recvfrom
+        bufsize = self._bufsize
+        max_frame = self._max_frame
+        addresses = self._addresses
+        deliver = self._deliver
+        owner = self._owner
+        count = accepted = 0
+        while count < _BURST_MAX:
+            try:
+                data, addr = recvfrom(bufsize)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # Linux reports e.g. ICMP port unreachable of an earlier send here.
+                self.error_received(exc)
+                continue
+            count += 1
+            size = len(data)
+            if not (1 < size <= max_frame and data[0] == size) and not owner._accept_odd(
+                data, addr
+            ):
+                continue
+            address = addresses.get(addr)
+            if address is None:
+                address = owner._intern(addr)
+            accepted += 1
+            try:
+                deliver(address, data)
+            except Exception:
+                owner._deliver_failed(address, data)
+        self._counters["rx_frames"] += accepted
+        if count < _BURST_FEW and self._holdoff > 0 and self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+            self._resume_handle = self._loop.call_later(self._holdoff, self._resume)
+
+
 class UdpTransport(Transport):
     """MQTT-SN frames over UDP datagrams, IPv4 or IPv6, with an optional multicast group.
 
@@ -182,6 +351,9 @@ class UdpTransport(Transport):
         multicast_loop: also deliver our broadcasts to listeners on this host (tests, several
             gateways on one machine); the transport then hears its own broadcasts too.
         rcvbuf: SO_RCVBUF to ask for; bursts of many nodes need more than the default.
+        read_holdoff: seconds reading pauses after a wake-up that found only a few datagrams
+            (0: never pause), so that the next finds a burst; None reads through the loop's
+            datagram protocol instead, one callback per datagram.
         max_frame: largest datagram accepted or sent; larger ones are dropped and counted.
         warn_interval: at most one malformed-datagram WARNING per sender in this many seconds.
     """
@@ -197,6 +369,7 @@ class UdpTransport(Transport):
         multicast_interface: str | None = None,
         multicast_loop: bool = False,
         rcvbuf: int = 4 * 1024 * 1024,
+        read_holdoff: float | None = 0.0002,
         max_frame: int = 1024,
         warn_interval: float = 10.0,
         name: str = "udp",
@@ -216,6 +389,7 @@ class UdpTransport(Transport):
         self.multicast_interface = multicast_interface
         self.multicast_loop = multicast_loop
         self.rcvbuf = rcvbuf
+        self.read_holdoff = read_holdoff
         self.max_frame = max_frame
         self.receive_buffer = 0  # SO_RCVBUF as the kernel reports it after start()
         self.counters: dict[str, int] = dict.fromkeys(
@@ -292,6 +466,10 @@ class UdpTransport(Transport):
         )
 
     async def _open_endpoint(self, sock: socket.socket, label: str) -> _Endpoint:
+        if label == "unicast" and self.read_holdoff is not None:
+            burst = _BurstEndpoint(self, label, sock, self.read_holdoff)
+            burst.start_reading()
+            return burst
         endpoint = _Endpoint(self, label, sock.family)
         await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, sock=sock)
         return endpoint

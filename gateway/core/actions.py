@@ -1,4 +1,9 @@
-"""What the core asks the runtime to do: plain frozen values, one class per kind of I/O."""
+"""What the core asks the runtime to do: plain values, one class per kind of I/O.
+
+Slotted dataclasses compared by value, but not frozen: the core builds one or two per message
+on the hot path, and a frozen dataclass's ``__init__`` (``object.__setattr__`` per field) costs
+about 4x a plain one. Nothing mutates or hashes an action once it is returned.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ class Action:
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendFrame(Action):
     """Send ``message`` to one node at ``address``."""
 
@@ -34,7 +39,7 @@ class SendFrame(Action):
     message: Message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Broadcast(Action):
     """Broadcast ``message`` (ADVERTISE, GWINFO) with ``radius``.
 
@@ -47,7 +52,7 @@ class Broadcast(Action):
     via: Hashable | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PublishUpstream(Action):
     """Publish at the broker; QoS 1/2 carry a ``token`` the runtime reports back when acked."""
 
@@ -59,7 +64,7 @@ class PublishUpstream(Action):
     token: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SubscribeUpstream(Action):
     """Subscribe at the broker (client_id None: the shared aggregating connection)."""
 
@@ -68,7 +73,7 @@ class SubscribeUpstream(Action):
     qos: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UnsubscribeUpstream(Action):
     """Unsubscribe at the broker (client_id None: the shared aggregating connection)."""
 
@@ -76,7 +81,7 @@ class UnsubscribeUpstream(Action):
     topic_filter: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OpenUpstreamSession(Action):
     """Transparent mode: open (or reopen) the node's own broker connection."""
 
@@ -86,7 +91,7 @@ class OpenUpstreamSession(Action):
     keepalive: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CloseUpstreamSession(Action):
     """Transparent mode: close the node's connection; ``fire_will`` closes without DISCONNECT."""
 

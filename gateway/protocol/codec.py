@@ -13,9 +13,8 @@ tables, and PUBLISH is built without its (validating, frozen) dataclass construc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 from struct import Struct
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from gateway.errors import LocalProtocolError, RemoteProtocolError
 from gateway.protocol.constants import (
@@ -59,6 +58,7 @@ from gateway.protocol.messages import (
     WillTopicReq,
     WillTopicResp,
     WillTopicUpd,
+    unchecked_builder,
 )
 
 __all__ = ["MAX_FRAME_SIZE", "decode", "encode", "frame_length"]
@@ -122,70 +122,19 @@ _SHORT_HHB: Final = Struct(">BBHHB")  # Length, MsgType, TopicId, MsgId, ReturnC
 _SHORT_U16: Final = Struct(">BBH")  # Length, MsgType, MsgId or Duration
 
 # ---------------------------------------------------------------------------------------------
-# Fast construction of decoded messages. A frozen dataclass __init__ + __post_init__ costs 1.5-2 us
-# (object.__setattr__ per field plus range checks); the decoder has already validated every value
-# (16-bit ints come from struct, enums from the tables above, PUBLISH flags from _PUBLISH_FLAGS),
-# so for the messages on the hot path it sets the slots directly, 2-3x cheaper. The field names
-# are spelled out: if a class ever changes, its validating constructor is used instead.
+# Fast construction of decoded messages (see ``unchecked_builder``): the decoder has already
+# validated every value (16-bit ints come from struct, enums from the tables above, PUBLISH
+# flags from _PUBLISH_FLAGS), so the messages on the hot path skip their validating constructor.
 
-_M = TypeVar("_M", bound=Message)
-
-
-def _fast_builder(cls: type[_M], names: tuple[str, ...]) -> Callable[..., _M]:
-    """A factory taking the fields of ``cls`` positionally that fills its slots without __init__."""
-    if tuple(f.name for f in fields(cls)) != names:  # type: ignore[arg-type]
-        return cls
-    new = object.__new__
-    setters = [cls.__dict__[name].__set__ for name in names]
-    if len(setters) == 1:
-        (s0,) = setters
-
-        def build1(v0: object) -> _M:
-            msg: _M = new(cls)
-            s0(msg, v0)
-            return msg
-
-        return build1
-    if len(setters) == 3:
-        s0, s1, s2 = setters
-
-        def build3(v0: object, v1: object, v2: object) -> _M:
-            msg: _M = new(cls)
-            s0(msg, v0)
-            s1(msg, v1)
-            s2(msg, v2)
-            return msg
-
-        return build3
-    if len(setters) == 7:
-        s0, s1, s2, s3, s4, s5, s6 = setters
-
-        def build7(
-            v0: object, v1: object, v2: object, v3: object, v4: object, v5: object, v6: object
-        ) -> _M:
-            msg: _M = new(cls)
-            s0(msg, v0)
-            s1(msg, v1)
-            s2(msg, v2)
-            s3(msg, v3)
-            s4(msg, v4)
-            s5(msg, v5)
-            s6(msg, v6)
-            return msg
-
-        return build7
-    return cls
-
-
-_make_publish: Final = _fast_builder(
+_make_publish: Final = unchecked_builder(
     Publish, ("topic_id", "data", "qos", "msg_id", "topic_id_type", "dup", "retain")
 )
-_make_puback: Final = _fast_builder(Puback, ("topic_id", "msg_id", "return_code"))
-_make_regack: Final = _fast_builder(Regack, ("topic_id", "msg_id", "return_code"))
-_make_pubrec: Final = _fast_builder(Pubrec, ("msg_id",))
-_make_pubrel: Final = _fast_builder(Pubrel, ("msg_id",))
-_make_pubcomp: Final = _fast_builder(Pubcomp, ("msg_id",))
-_make_unsuback: Final = _fast_builder(Unsuback, ("msg_id",))
+_make_puback: Final = unchecked_builder(Puback, ("topic_id", "msg_id", "return_code"))
+_make_regack: Final = unchecked_builder(Regack, ("topic_id", "msg_id", "return_code"))
+_make_pubrec: Final = unchecked_builder(Pubrec, ("msg_id",))
+_make_pubrel: Final = unchecked_builder(Pubrel, ("msg_id",))
+_make_pubcomp: Final = unchecked_builder(Pubcomp, ("msg_id",))
+_make_unsuback: Final = unchecked_builder(Unsuback, ("msg_id",))
 
 # ---------------------------------------------------------------------------------------------
 # Error helpers: every RemoteProtocolError names the message type, the field and what was expected.

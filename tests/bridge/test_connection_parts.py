@@ -59,3 +59,38 @@ def test_publish_before_connect_is_held_and_counted() -> None:
     assert connection.outbox_size == 1
     assert connection.stats.dropped_qos0 == 1
     assert "outbox=1" in repr(connection) and " down " in repr(connection)
+
+
+@pytest.mark.parametrize("size", [0, 32, 100, 127 - 40, 200, 20_000])
+@pytest.mark.parametrize("props", [None, [("mqttsn-client-id", "node-7")], [("k", "é"), ("a", "")]])
+async def test_publish_framing_is_the_codecs_byte_for_byte(
+    size: int, props: list[tuple[str, str]] | None
+) -> None:
+    """The hand-framed PUBLISH (cached topic and properties) equals mqtt5's own encoding."""
+    connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", _Handler())
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for qos in (0, 1, 2):
+        for retain in (False, True):
+            for topic in ("a/b", "sensors/é/température"):
+                connection._wbuf.clear()
+                connection._send_publish(topic, payload, qos, retain, None, props)
+                (packet,) = connection._wbuf
+                pid = connection._next_id - 1 if qos else None
+                expected = mqtt5.PublishPacket(
+                    topic,
+                    payload,
+                    qos=mqtt5.QoS(qos),
+                    retain=retain,
+                    packet_id=pid,
+                    user_properties=props,
+                ).write()
+                assert packet == expected
+    connection._inflight.clear()
+
+
+async def test_publish_to_an_invalid_topic_is_refused_not_cached() -> None:
+    """The codec still validates the first PUBLISH to a topic: a wildcard is reported failed."""
+    handler = _Handler()
+    connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", handler)
+    connection._send_publish("a/#", b"x", 1, False, 9, None)
+    assert connection._wbuf == [] and connection._middles == {}

@@ -124,6 +124,38 @@ async def test_outbox_acked_within_a_batch_is_never_written(tmp_path: Path) -> N
     await store.close()
 
 
+async def test_uplink_is_saved_only_once_it_waited_an_interval(tmp_path: Path) -> None:
+    """Steady QoS 1 uplink acked by the broker in time writes nothing; a slow one is saved,
+    in the outbox and in the node's row, one interval later."""
+    path = tmp_path / "s.sqlite"
+    store, core = open_core(path, flush_interval=0.05)
+    now = asyncio.get_running_loop().time()
+    core.receive(A1, Connect("n1", 60, False, False), now)
+    core.receive(A1, Register(0, 1, "up/t"), now)
+    store.changed()
+    await asyncio.sleep(0.15)
+    saves = store.counters["saves"]
+    for msg_id in range(1, 9):  # each acked within one interval (but across a save)
+        out = core.receive(A1, Publish(1, b"v", Q1, msg_id), now)
+        (action,) = [a for a in out if isinstance(a, PublishUpstream)]
+        store.outbox_add(action)
+        store.changed()
+        await asyncio.sleep(0.03)
+        assert action.token is not None
+        core.on_publish_done(action.token, True, now)
+        store.outbox_done(action.token)
+    await asyncio.sleep(0.15)
+    assert store.counters["saves"] == saves  # neither outbox rows nor session rows
+    out = core.receive(A1, Publish(1, b"slow", Q1, 9), now)
+    (action,) = [a for a in out if isinstance(a, PublishUpstream)]
+    store.outbox_add(action)
+    store.changed()
+    await asyncio.sleep(0.2)
+    assert [e.token for e in store.read_outbox()] == [action.token]
+    assert [u[0] for u in store.read_sessions()["n1"]["uplink"]] == [9]
+    await store.close()
+
+
 async def test_uplink_in_flight_is_tied_to_its_outbox_row(tmp_path: Path) -> None:
     """After a restart the node's pending QoS 1 publish is acked when its saved row is."""
     path = tmp_path / "s.sqlite"
