@@ -40,6 +40,8 @@ class MosquittoBroker:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self._dir = Path(tempfile.mkdtemp(prefix="mosquitto-"))
+        # Run as root, mosquitto drops to its own user: it must be able to write its database.
+        self._dir.chmod(0o777)
         self._conf = self._dir / "mosquitto.conf"
         self._conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
