@@ -121,6 +121,9 @@ class GatewayRuntime:
             self._transports = [
                 create_transport(name, options) for name, options in self.config.transports.items()
             ]
+        if self.store is not None:
+            # Acknowledge broker PUBLISHes only once they are on disk (Upstream.ack_gate).
+            self._upstream.ack_gate = self.store.after_commit
         await self._upstream.start(self)
         if self.store is not None:
             # Restored nodes may be answered (a PUBACK for a saved publish) before the

@@ -42,7 +42,7 @@ import shutil
 import sqlite3
 import time
 from collections import Counter, deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -470,11 +470,12 @@ class StateStore:
         self.flush_interval = flush_interval
         self.counters: Counter[str] = Counter()
         self._db = _open(self.path, max_bytes)
+        self._after: list[Callable[[], None]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="state-store")
         self._job: Future[_Batch | None] | None = None
         self._core: GatewayCore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.Handle | None = None
         self._pending = _Batch()  # outbox changes since the last save
         self._young: dict[int, PublishUpstream] = {}  # outbox entries held back one interval
         self._mirrors: dict[str, _Mirror] = {}  # buffers as saved
@@ -576,6 +577,29 @@ class StateStore:
             if (self._core is not None and self._core.dirty) or pending.added or pending.removed:
                 self._handle = self._loop.call_later(self._delay, self.flush)
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the loop once everything changed so far is on disk.
+
+        The bridge's acknowledgement gate: a broker PUBLISH is acknowledged only after the
+        session it was buffered in (or sent from) is committed. When saving fails (disk full,
+        size cap) the callbacks run anyway: the gateway then works from memory, as logged.
+        """
+        self._after.append(callback)
+        self._kick()
+
+    def _kick(self) -> None:
+        # Acknowledgements wait: save at the end of this loop iteration, not a whole interval
+        # later (group commit; WAL with synchronous=NORMAL makes a commit cheap). A save in
+        # progress is followed by another as soon as it is done (see _written).
+        if self._closed or self._loop is None:
+            return
+        job = self._job
+        if job is not None and not job.done():
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._loop.call_soon(self.flush)
+
     def outbox_add(self, action: PublishUpstream) -> None:
         """A QoS 1/2 publish went to the bridge: keep it until ``outbox_done(token)``."""
         assert action.token is not None
@@ -606,9 +630,14 @@ class StateStore:
         batch = self._collect(everything)
         if unwritten is not None:
             batch = unwritten.then(batch)
+        after, self._after = self._after, []
         if batch:
             self._job = self._executor.submit(self._write, batch)
             self._job.add_done_callback(self._written)
+            if after:
+                self._job.add_done_callback(lambda _job: self._release(after))
+        else:
+            self._run_all(after)  # nothing to save: already durable
         if self._young:
             self._reschedule()  # saved next time unless acknowledged meanwhile
 
@@ -711,6 +740,19 @@ class StateStore:
             batch.buffered += len(mirror.seqs)
         return batch
 
+    def _release(self, callbacks: list[Callable[[], None]]) -> None:
+        # Writer thread: hand the acknowledgements back to the loop.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._run_all, callbacks)
+
+    @staticmethod
+    def _run_all(callbacks: list[Callable[[], None]]) -> None:
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                _LOGGER.exception("after-commit callback failed")
+
     def _reschedule(self) -> None:
         if self._handle is None and not self._closed and self._loop is not None:
             self._handle = self._loop.call_later(self._delay, self.flush)
@@ -721,6 +763,8 @@ class StateStore:
         self._delay = _RETRY_DELAY if failed else self.flush_interval
         if failed and self._loop is not None and not self._closed:
             self._loop.call_soon_threadsafe(self._reschedule)
+        elif self._after and self._loop is not None and not self._closed:
+            self._loop.call_soon_threadsafe(self._kick)  # acknowledgements arrived meanwhile
 
     async def _wait(self) -> None:
         if self._job is not None and not self._job.done():

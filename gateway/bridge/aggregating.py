@@ -81,7 +81,10 @@ class AggregatingUpstream(Upstream):
             self.client_id,
             self,
             will=will,
-            clean_start=True,
+            # With a state file (ack_gate set) the broker session continues across restarts:
+            # what the broker queued meanwhile, and what we had not yet acknowledged because it
+            # was not yet on disk, is delivered again. Without one, start clean.
+            clean_start=self.ack_gate is None,
             session_expiry=self.settings.session_expiry,
         )
         await self._connection.start()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Upstream", "UpstreamEvents", "Will"]
+__all__ = ["AckGate", "Upstream", "UpstreamEvents", "Will"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,9 @@ class UpstreamEvents(Protocol):
         """A broker connection came up (return_code 0) or went down / was refused."""
 
 
+AckGate = Callable[[Callable[[], None]], None]
+
+
 class Upstream(ABC):
     """A bridge to one MQTT broker: aggregating (one connection) or transparent (one per node).
 
@@ -51,6 +55,11 @@ class Upstream(ABC):
     written in batches. QoS 1/2 publishes are held (bounded) while the broker is away and sent
     after reconnect; the outcome is reported through ``UpstreamEvents.on_publish_done(token)``.
     """
+
+    #: Set by the runtime when a state file is on: the bridge hands each broker acknowledgement
+    #: (PUBACK/PUBREC for a broker PUBLISH) to the gate, which sends it once the message is
+    #: committed to disk, so nothing the broker was told we hold can be lost by a crash.
+    ack_gate: AckGate | None = None
 
     @abstractmethod
     async def start(self, events: UpstreamEvents) -> None:

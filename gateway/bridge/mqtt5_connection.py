@@ -508,13 +508,13 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
         assert pid is not None
         if qos == 1:
             self._deliver(packet.topic, packet.payload, 1, packet.retain, filters)
-            self._write(_PUBACK + pid.to_bytes(2, "big"))
+            self._ack(_PUBACK + pid.to_bytes(2, "big"))
             return
         # QoS 2, method B: deliver on PUBLISH, remember the id until PUBREL (MQTT 5 §4.3.3).
         if pid not in self._incoming_qos2:
             self._incoming_qos2.add(pid)
             self._deliver(packet.topic, packet.payload, 2, packet.retain, filters)
-        self._write(_PUBREC + pid.to_bytes(2, "big"))
+        self._ack(_PUBREC + pid.to_bytes(2, "big"))
 
     def _on_suback(self, packet: mqtt5.SubAckPacket | mqtt5.UnsubAckPacket) -> None:
         filters = self._pending_acks.pop(packet.packet_id, None)
@@ -544,6 +544,21 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
             pid = pid % 65535 + 1
         self._next_id = pid % 65535 + 1
         return pid
+
+    def _ack(self, data: bytes) -> None:
+        """Acknowledge a broker PUBLISH, through the owner's durability gate when it has one."""
+        gate = getattr(self.handler, "ack_gate", None)
+        if gate is None:
+            self._write(data)
+            return
+        transport = self._transport
+
+        def send() -> None:
+            # Only on the connection the PUBLISH came on: after a reconnect the broker resends.
+            if self._transport is transport and transport is not None:
+                self._write(data)
+
+        gate(send)
 
     def _write(self, data: bytes) -> None:
         """Queue bytes; one transport write per loop iteration."""

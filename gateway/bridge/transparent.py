@@ -24,7 +24,7 @@ import logging
 from collections.abc import Callable
 
 from gateway.bridge.aggregating import DEFAULT_STATUS_TOPIC, AggregatingUpstream
-from gateway.bridge.base import Upstream, UpstreamEvents, Will
+from gateway.bridge.base import AckGate, Upstream, UpstreamEvents, Will
 from gateway.bridge.connection import BrokerConnection, OutboxBudget, open_connection
 from gateway.bridge.url import BrokerSettings
 
@@ -42,6 +42,11 @@ class _Session:
         self.upstream = upstream
         self.client_id = client_id
         self.connection: BrokerConnection | None = None
+
+    @property
+    def ack_gate(self) -> AckGate | None:
+        """The upstream's durability gate for acknowledgements (see Upstream.ack_gate)."""
+        return self.upstream.ack_gate
 
     def on_message(
         self,

@@ -160,3 +160,35 @@ async def _drain(client: aiomqtt.Client):
         except TimeoutError:
             return
         yield message
+
+
+async def test_broker_messages_are_acknowledged_only_once_on_disk(
+    mosquitto, gateway_process, unique_topic, tmp_path: Path
+):
+    """SIGKILL right after the broker handed over messages for a sleeper: none is lost.
+
+    The broker PUBACK waits for the state file's commit, and the gateway's broker session
+    continues across the restart, so whatever was not yet on disk is delivered again; what the
+    broker queued while the gateway was down comes too.
+    """
+    state = tmp_path / "state.sqlite"
+    topic = f"{unique_topic}/cmd"
+    first = gateway_process(mosquitto, state)
+    await first.start()
+    port = first.udp_port
+    async with SimNode("sleeper", UdpNodeLink(("127.0.0.1", port)), t_retry=1.0) as node:
+        await node.connect(keepalive=60)
+        await node.subscribe(topic, qos=1)
+        await node.sleep(300)
+        await first.wait_line("(0 held)", 10)  # the subscription is on disk
+        burst = [(f"b{i}".encode(), 1) for i in range(50)]
+        await publish_at_broker(mosquitto, topic, *burst)
+        await first.kill()  # no time to save: at most a few of the 50 are on disk
+        await publish_at_broker(mosquitto, topic, (b"while-down", 1))
+
+        second = gateway_process(mosquitto, state, port)
+        await second.start()
+        await asyncio.sleep(1.0)  # the broker redelivers what was never acknowledged
+        woken = await node.wake()
+        payloads = {m.payload for m in woken}
+        assert payloads == {p for p, _ in burst} | {b"while-down"}
