@@ -33,30 +33,46 @@ gateway keeps running.
 from __future__ import annotations
 
 import asyncio
-import base64
-import importlib
 import json
 import logging
-import operator
-import shutil
 import sqlite3
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from gateway.core import ClientSession, CoreSettings, CoreState, GatewayCore, PublishUpstream
 from gateway.core.delivery_queue import Delivery
-from gateway.core.session import OutboundInflight, SessionState, StoredWill, UplinkPending
-from gateway.core.topics import TopicRegistry
-from gateway.errors import GatewayError
+from gateway.core.session import SessionState
+from gateway.store_codec import (
+    UnknownAddress,
+    _rebase,
+    decode_address,
+    decode_session,
+    encode_address,
+    encode_session,
+)
+from gateway.store_db import (
+    APPLICATION_ID,
+    MEMORY,
+    SCHEMA_VERSION,
+    StoreError,
+    _Batch,
+    _disk_free,
+    _Mirror,
+    _open,
+    _page_size,
+)
 
 __all__ = [
+    "APPLICATION_ID",
     "DEFAULT_MAX_BYTES",
     "MEMORY",
+    "SCHEMA_VERSION",
+    "SHED_AT",
     "OutboxEntry",
     "RestoredState",
     "StateStore",
@@ -70,10 +86,7 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-MEMORY: Final = ":memory:"  # the state-file value that turns persistence off
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
-SCHEMA_VERSION: Final = 1
-APPLICATION_ID: Final = 0x4D514E53  # "MQNS" in the SQLite header: tells our files from others
 SHED_AT: Final = 0.8  # above this share of the cap, buffered QoS 0 messages are not saved
 _ERROR_INTERVAL = 60.0  # seconds between two ERROR lines about one kind of failure
 _RETRY_DELAY = 1.0  # seconds between save attempts while saving fails
@@ -82,221 +95,6 @@ _OFFSET_SLACK = 1.0  # seconds the wall clock may drift from the saved anchor (N
 _LAST_RX_GRAIN = 10.0  # seconds: an active node's last_rx as saved (the restore ignores it)
 # Restored with last_rx = max(saved, now) (``_rebase``): a coarse saved value changes nothing.
 _LIVE_STATES: Final = frozenset((SessionState.ACTIVE, SessionState.AWAKE, SessionState.CONNECTING))
-
-_SCHEMA = """
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE sessions (client_id TEXT PRIMARY KEY, data TEXT NOT NULL);
-CREATE TABLE queue (
-    client_id TEXT NOT NULL, seq REAL NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
-    qos INTEGER NOT NULL, retain INTEGER NOT NULL, PRIMARY KEY (client_id, seq)
-);
-CREATE TABLE outbox (
-    token INTEGER PRIMARY KEY, client_id TEXT, topic TEXT NOT NULL, payload BLOB NOT NULL,
-    qos INTEGER NOT NULL, retain INTEGER NOT NULL
-);
-"""
-
-_MOVE_ASIDE = (
-    "move it aside (mv {path} {path}.bad, with its -wal file if there is one) to start with an "
-    "empty state, or run with --state :memory: to keep state in memory only"
-)
-_OTHER_FILE = (
-    "check the path and its permissions, choose another file with --state PATH (or "
-    "[gateway] state-file), or run with --state :memory: to keep state in memory only"
-)
-
-
-class StoreError(GatewayError):
-    """The state file cannot be used; the message names the file, the problem and the way out."""
-
-    def __init__(self, path: str | Path, problem: str, way_out: str | None = None) -> None:
-        way_out = way_out or _MOVE_ASIDE.format(path=path)
-        super().__init__(f"state file {path}: {problem}. Way out: {way_out}.")
-        self.path = str(path)
-        self.problem = problem
-
-
-# ---------------------------------------------------------------------------------- addresses
-
-
-@dataclass(frozen=True, slots=True)
-class UnknownAddress:
-    """A stored address whose transport is not installed here; kept verbatim, owned by nobody."""
-
-    encoded: str  # the JSON it was stored as
-
-    def __str__(self) -> str:
-        return f"unknown:{self.encoded}"
-
-
-# tag -> (module, class, fields): the transports' address types, imported only when loaded, so
-# a gateway without bleak still reads a file that mentions a BLE node.
-_ADDRESS_TYPES: Final = {
-    "udp": ("transports.base", "UdpAddress", ("host", "port")),
-    "xbee": ("transports.xbee", "XBeeAddress", ("ieee64",)),
-    "serial": ("transports.serial", "SerialAddress", ("port",)),
-    "ble": ("transports.ble", "BleAddress", ("mac",)),
-    "dtls": ("transports.dtls", "DtlsAddress", ("host", "port")),
-}
-_ADDRESS_TAGS: Final = {(module, name): tag for tag, (module, name, _) in _ADDRESS_TYPES.items()}
-_SCALARS = (str, int, float, bool, type(None))
-
-
-def encode_address(address: Hashable) -> Any:
-    """An address as JSON: ``{"udp": [host, port]}``, ``{"forwarded": [...]}``, scalars as is."""
-    cls = type(address)
-    tag = _ADDRESS_TAGS.get((cls.__module__, cls.__name__))
-    if tag is not None:
-        return {tag: [getattr(address, name) for name in _ADDRESS_TYPES[tag][2]]}
-    if cls.__name__ == "ForwardedAddress":  # gateway.runtime; not imported here (cycle)
-        forwarded: Any = address
-        return {"forwarded": [encode_address(forwarded.forwarder), forwarded.node_id.hex()]}
-    if cls is UnknownAddress:
-        return json.loads(address.encoded)  # type: ignore[attr-defined]
-    if isinstance(address, tuple):
-        return {"tuple": [encode_address(item) for item in address]}
-    if isinstance(address, _SCALARS):
-        return address
-    raise TypeError(f"cannot store an address of type {cls.__qualname__}: {address!r}")
-
-
-def decode_address(data: Any) -> Hashable:
-    """The inverse of ``encode_address``; a transport that is not installed gives UnknownAddress."""
-    if not isinstance(data, dict):
-        if isinstance(data, _SCALARS):
-            return data
-        raise ValueError(f"not an address: {data!r}")
-    ((tag, value),) = data.items()
-    if tag == "tuple":
-        return tuple(decode_address(item) for item in value)
-    if tag == "forwarded":
-        from gateway.runtime import ForwardedAddress
-
-        return ForwardedAddress(decode_address(value[0]), bytes.fromhex(value[1]))
-    module, name, _ = _ADDRESS_TYPES[tag]
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except ImportError:
-        return UnknownAddress(json.dumps(data, separators=(",", ":")))
-    return cls(*value)  # type: ignore[no-any-return]
-
-
-# ---------------------------------------------------------------------------------- sessions
-
-
-def _delivery(item: Delivery) -> list[Any]:
-    return [item.topic, base64.b64encode(item.payload).decode("ascii"), item.qos, item.retain]
-
-
-def _undelivery(data: list[Any]) -> Delivery:
-    topic, payload, qos, retain = data
-    return Delivery(str(topic), base64.b64decode(payload), int(qos), bool(retain))
-
-
-def encode_session(session: ClientSession, offset: float, *, queue: bool = True) -> dict[str, Any]:
-    """The session as a JSON-ready dict; times become wall-clock (mono + ``offset``).
-
-    ``queue=False`` leaves the buffer out (the store keeps it in its own table).
-    """
-    will = session.will
-    inflight = session.inflight
-    data = {
-        "client_id": session.client_id,
-        "address": encode_address(session.address),
-        "state": session.state.value,
-        "keepalive": session.keepalive,
-        "clean_session": session.clean_session,
-        "will": None
-        if will is None
-        else _delivery(Delivery(will.topic, will.message, will.qos, will.retain)),
-        "will_stage": session.will_stage,
-        "sleep_duration": session.sleep_duration,
-        "last_rx": session.last_rx + offset,
-        "subscriptions": session.subscriptions,
-        "retained_until": {f: t + offset for f, t in session.retained_until.items()},
-        "topics": sorted(session.registry.by_id.items()),
-        "next_topic_id": session.registry.next_id,
-        "inflight": None
-        if inflight is None
-        else [
-            inflight.kind,
-            inflight.msg_id,
-            inflight.topic_id,
-            inflight.topic_id_type,
-            _delivery(inflight.delivery),
-            inflight.retries,
-            inflight.deadline + offset,
-        ],
-        "uplink": [
-            [p.msg_id, p.topic_id, p.qos, p.acked, p.token] for p in session.uplink.values()
-        ],
-        "next_msg_id": session.next_msg_id,
-    }
-    if queue:
-        data["queue"] = [_delivery(item) for item in session.queue]
-    return data
-
-
-def decode_session(data: Mapping[str, Any], offset: float, settings: CoreSettings) -> ClientSession:
-    """The inverse of ``encode_session``; wall-clock times become mono (wall - ``offset``).
-
-    Raises ValueError, KeyError or TypeError on a malformed row.
-    """
-    registry = TopicRegistry(settings.predefined, settings.max_topics_per_client)
-    for topic_id, name in data["topics"]:
-        registry.by_id[int(topic_id)] = str(name)
-        registry.by_name[str(name)] = int(topic_id)
-    registry.next_id = int(data["next_topic_id"])
-    will = None if data["will"] is None else _undelivery(data["will"])
-    session = ClientSession(
-        str(data["client_id"]),
-        decode_address(data["address"]),
-        registry,
-        state=SessionState(data["state"]),
-        keepalive=float(data["keepalive"]),
-        clean_session=bool(data["clean_session"]),
-        will=None if will is None else StoredWill(will.topic, will.payload, will.qos, will.retain),
-        will_stage=str(data["will_stage"]),
-        sleep_duration=float(data["sleep_duration"]),
-        last_rx=float(data["last_rx"]) - offset,
-        subscriptions={str(f): int(q) for f, q in data["subscriptions"].items()},
-        retained_until={str(f): float(t) - offset for f, t in data["retained_until"].items()},
-        queue=deque(_undelivery(item) for item in data.get("queue", ())),
-        next_msg_id=int(data["next_msg_id"]),
-    )
-    if data["inflight"] is not None:
-        kind, msg_id, topic_id, id_type, delivery, retries, deadline = data["inflight"]
-        session.inflight = OutboundInflight(
-            str(kind),
-            int(msg_id),
-            int(topic_id),
-            int(id_type),
-            _undelivery(delivery),
-            int(retries),
-            float(deadline) - offset,
-        )
-    for msg_id, topic_id, qos, acked, token in data["uplink"]:
-        session.uplink[int(msg_id)] = UplinkPending(
-            int(msg_id), int(topic_id), int(qos), bool(acked), int(token)
-        )
-    return session
-
-
-def _rebase(session: ClientSession, now: float, settings: CoreSettings) -> None:
-    """Deadlines after a restart: real time, but the gateway's own downtime is not the node's.
-
-    A connected node could not reach us while we were down, so its keep-alive starts over; a
-    sleeping node keeps its remaining sleep time, and gets one more full period if it ran out
-    while we were down; disconnected sessions expire on wall-clock time.
-    """
-    state = session.state
-    if state in (SessionState.ACTIVE, SessionState.AWAKE, SessionState.CONNECTING):
-        session.last_rx = max(session.last_rx, now)
-    elif state is SessionState.ASLEEP and (
-        session.last_rx + session.sleep_duration * settings.sleep_factor < now
-    ):
-        session.last_rx = now
 
 
 # ---------------------------------------------------------------------------------- batches
@@ -321,129 +119,6 @@ class RestoredState:
     core: CoreState
     outbox: list[OutboxEntry]
     saved_at: float | None = None  # wall-clock time of the last save
-
-
-QueueKey = tuple[str, float]  # (client_id, seq): one buffered message on disk
-
-
-def _merge(added: dict[Any, Any], removed: set[Any], more: dict[Any, Any], less: set[Any]) -> None:
-    """Apply a later batch's row changes (``less`` first: a key may be freed, then reused)."""
-    for key in less:
-        if added.pop(key, None) is None:
-            removed.add(key)  # never written at all when added and removed before a save
-    added.update(more)
-
-
-@dataclass(slots=True)
-class _Batch:
-    """One transaction: session rows (None: delete), buffered messages and outbox changes."""
-
-    rows: dict[str, str | None] = field(default_factory=dict)
-    queued: dict[QueueKey, Delivery] = field(default_factory=dict)
-    unqueued: set[QueueKey] = field(default_factory=set)
-    added: dict[int, PublishUpstream] = field(default_factory=dict)  # the action, as is
-    removed: set[int] = field(default_factory=set)
-    buffered: int = 0  # messages buffered in the saved sessions (for the log)
-
-    def then(self, later: _Batch) -> _Batch:
-        """This (unwritten) batch followed by ``later``, as one."""
-        self.rows.update(later.rows)
-        _merge(self.queued, self.unqueued, later.queued, later.unqueued)
-        _merge(self.added, self.removed, later.added, later.removed)
-        self.buffered = later.buffered
-        return self
-
-    def __bool__(self) -> bool:
-        return bool(self.rows or self.queued or self.unqueued or self.added or self.removed)
-
-
-class _Mirror:
-    """What of one node's buffer is on disk (or on its way): the message objects and their seqs.
-
-    Buffers only ever append, pop from the front, put back at the front and drop from the
-    middle, never reorder; so messages still present keep their seq and new ones get a seq
-    between their neighbours (or past the ends). Holding the objects keeps their ids unique.
-    """
-
-    __slots__ = ("bottom", "items", "seqs", "top")
-
-    def __init__(self) -> None:
-        self.items: list[Delivery] = []
-        self.seqs: list[float] = []
-        self.top = 0.0
-        self.bottom = 0.0
-
-    def add_loaded(self, item: Delivery, seq: float) -> None:
-        self.items.append(item)
-        self.seqs.append(seq)
-        self.top = max(self.top, seq)
-        self.bottom = min(self.bottom, seq)
-
-    def diff(self, client_id: str, queue: Iterable[Delivery], batch: _Batch) -> None:
-        """Record in ``batch`` what changed since the last diff; remember ``queue``."""
-        now = list(queue)
-        old, seqs = self.items, self.seqs
-        # The usual shape, at C speed: some sent from the front, some appended at the back.
-        popped = 0
-        if now:
-            while popped < len(old) and old[popped] is not now[0]:
-                popped += 1
-        else:
-            popped = len(old)
-        kept = len(old) - popped
-        if kept <= len(now) and all(map(operator.is_, now[:kept], old[popped:])):
-            batch.unqueued.update((client_id, seq) for seq in seqs[:popped])
-            self.items, self.seqs = now[:kept], seqs[popped:]
-            if kept < len(now):
-                self._place(client_id, now[kept:], self.seqs[-1] if kept else None, None, batch)
-            return
-        self._diff_any(client_id, now, batch)
-
-    def _diff_any(self, client_id: str, now: list[Delivery], batch: _Batch) -> None:
-        old = {id(item): (item, seq) for item, seq in zip(self.items, self.seqs, strict=True)}
-        self.items, self.seqs = [], []
-        run: list[Delivery] = []  # new messages since the last one still present
-        last: float | None = None
-        present: set[int] = set()
-        for item in now:
-            found = old.get(id(item))
-            if found is None or found[0] is not item:
-                run.append(item)
-                continue
-            if run:
-                self._place(client_id, run, last, found[1], batch)
-                run = []
-            self.items.append(item)
-            self.seqs.append(found[1])
-            present.add(id(item))
-            last = found[1]
-        if run:
-            self._place(client_id, run, last, None, batch)
-        batch.unqueued.update(
-            (client_id, seq) for key, (_, seq) in old.items() if key not in present
-        )
-
-    def _place(
-        self,
-        client_id: str,
-        run: list[Delivery],
-        low: float | None,
-        high: float | None,
-        batch: _Batch,
-    ) -> None:
-        if high is None:  # appended (the usual case)
-            seqs = [max(self.top, low or 0.0) + 1 + i for i in range(len(run))]
-        elif low is None:  # put back at the front
-            seqs = [min(self.bottom, high) - len(run) + i for i in range(len(run))]
-        else:  # between two kept ones (not done by the core today; kept correct anyway)
-            step = (high - low) / (len(run) + 1)
-            seqs = [low + step * (i + 1) for i in range(len(run))]
-        for item, seq in zip(run, seqs, strict=True):
-            batch.queued[(client_id, seq)] = item
-        self.items.extend(run)  # callers place runs in buffer order: seqs stay increasing
-        self.seqs.extend(seqs)
-        self.top = max(self.top, seqs[-1])
-        self.bottom = min(self.bottom, seqs[0])
 
 
 # ---------------------------------------------------------------------------------- the store
@@ -909,104 +584,3 @@ class StateStore:
             if client_id in sessions:
                 sessions[client_id]["queue"].append([topic, bytes(payload), qos, bool(retain)])
         return sessions
-
-
-# ---------------------------------------------------------------------------------- opening
-
-
-def _disk_free(path: str) -> int:
-    try:
-        return shutil.disk_usage(Path(path).parent).free
-    except OSError:
-        return 0
-
-
-def _page_size(db: sqlite3.Connection) -> int:
-    return int(db.execute("PRAGMA page_size").fetchone()[0])
-
-
-def _open(path: str, max_bytes: int) -> sqlite3.Connection:
-    """Open and check the file; create the schema in a new one. Raises StoreError."""
-    if path != MEMORY:
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(path, f"cannot create its directory ({exc})", _OTHER_FILE) from None
-    try:
-        # Autocommit (isolation_level None): transactions are explicit. The writer thread uses
-        # the connection after opening, hence check_same_thread=False.
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=1.0)
-    except sqlite3.Error as exc:
-        raise StoreError(path, f"cannot be opened ({exc})", _OTHER_FILE) from None
-    try:
-        _check(db, path, max_bytes)
-    except StoreError:
-        db.close()
-        raise
-    except sqlite3.OperationalError as exc:
-        db.close()
-        if "locked" in str(exc):
-            raise StoreError(
-                path,
-                "is in use by another process",
-                "stop the other gateway, or give this one its own file with --state PATH "
-                "(or [gateway] state-file)",
-            ) from None
-        raise StoreError(path, f"cannot be used ({exc})", _OTHER_FILE) from None
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        if "not a database" in str(exc):
-            raise StoreError(path, f"is not an SQLite database at all ({exc})") from None
-        raise StoreError(path, f"is damaged ({exc})") from None
-    return db
-
-
-def _check(db: sqlite3.Connection, path: str, max_bytes: int) -> None:
-    # EXCLUSIVE: the file is ours while we run (a second gateway on it gets "in use"), and WAL
-    # then needs no shared-memory (-shm) file.
-    db.execute("PRAGMA locking_mode = EXCLUSIVE")
-    app_id = db.execute("PRAGMA application_id").fetchone()[0]  # "file is not a database" here
-    tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    if app_id != APPLICATION_ID and (app_id != 0 or tables):
-        listed = ", ".join(sorted(tables)[:5]) or "none"
-        raise StoreError(
-            path,
-            f"is an SQLite database of another application (application_id {app_id:#x}, "
-            f"tables: {listed}), not a gateway state file",
-            f"point --state (or [gateway] state-file) at another file, or run with "
-            f"--state :memory: to keep state in memory only; {path} is left untouched",
-        )
-    # WAL: a commit appends to the -wal file (nothing rewritten in place) and a crash mid-commit
-    # leaves the last committed state intact.
-    db.execute("PRAGMA journal_mode = WAL")
-    # NORMAL: in WAL mode a commit survives a crash of the process (kill -9: it is in the -wal
-    # file, in the OS cache) and the file never corrupts; only a power cut may roll back the
-    # last commits. FULL would fsync the SD card on every commit (up to 20 a second): wear and
-    # latency for no gain against kill -9.
-    db.execute("PRAGMA synchronous = NORMAL")
-    db.execute(f"PRAGMA journal_size_limit = {4 * 1024 * 1024}")
-    if not tables:
-        db.executescript(
-            f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA application_id = {APPLICATION_ID}; "
-            f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION}); COMMIT;"
-        )
-    else:
-        # An empty write transaction takes the lock now: "in use" shows at start, not later.
-        db.execute("BEGIN IMMEDIATE")
-        db.execute("COMMIT")
-        row = db.execute("SELECT max(version) FROM schema_version").fetchone()
-        version = row[0] if row else None
-        if version != SCHEMA_VERSION:
-            raise StoreError(
-                path,
-                f"has schema version {version}, this gateway reads version {SCHEMA_VERSION} "
-                "(written by a newer gateway?)",
-                f"run the newer gateway again, or {_MOVE_ASIDE.format(path=path)}",
-            )
-        problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
-        if problems != ["ok"]:
-            raise StoreError(path, f"is damaged ({'; '.join(problems)})")
-    page = _page_size(db)
-    db.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
-    # Checkpoint (copy the WAL into the file) well before the WAL is a sizeable part of the cap.
-    db.execute(f"PRAGMA wal_autocheckpoint = {max(16, min(1000, max_bytes // page // 8))}")

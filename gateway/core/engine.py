@@ -5,7 +5,9 @@ I/O or reads a clock. ``next_deadline()`` says when the runtime must call ``tick
 
 Everything that decides what a node is told lives here: sessions keyed by ClientId (matched
 exactly), the will handshake, topic ids, QoS flows, buffering for sleepers, keep-alive and sleep
-supervision, retransmission, ADVERTISE and GWINFO. Downlink delivery is in ``delivery.py``.
+supervision, retransmission, ADVERTISE and GWINFO. The flows themselves are mixins, each in its own
+module: CONNECT and the will in ``connect.py``, REGISTER / PUBLISH / SUBSCRIBE from nodes in
+``uplink.py``, downlink delivery in ``delivery.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.bridge.base import Will
 from gateway.core.access import AccessControl
 from gateway.core.actions import (
     Action,
@@ -26,9 +27,9 @@ from gateway.core.actions import (
     PublishUpstream,
     SendFrame,
     SubscribeUpstream,
-    UnsubscribeUpstream,
 )
 from gateway.core.admission import Admission
+from gateway.core.connect import ConnectMixin
 from gateway.core.delivery import DeliveryMixin
 from gateway.core.delivery_queue import QueueBudget, discard_all
 from gateway.core.session import (
@@ -36,21 +37,12 @@ from gateway.core.session import (
     ClientSession,
     Event,
     SessionState,
-    StoredWill,
-    UplinkPending,
 )
 from gateway.core.settings import CoreSettings, Mode
 from gateway.core.subscriptions import SubscriptionIndex
 from gateway.core.timers import TimerHeap
-from gateway.core.topics import (
-    TopicRegistry,
-    is_wildcard,
-    mqtt_safe,
-    valid_filter,
-    valid_topic_level,
-    valid_topic_name,
-)
-from gateway.protocol.constants import QoS, ReturnCode, TopicIdType
+from gateway.core.uplink import UplinkMixin
+from gateway.protocol.constants import QoS, ReturnCode
 from gateway.protocol.messages import (
     Advertise,
     Connack,
@@ -68,19 +60,12 @@ from gateway.protocol.messages import (
     Regack,
     Register,
     SearchGw,
-    Suback,
     Subscribe,
-    Unsuback,
     Unsubscribe,
     WillMsg,
-    WillMsgReq,
-    WillMsgResp,
     WillMsgUpd,
     WillTopic,
-    WillTopicReq,
-    WillTopicResp,
     WillTopicUpd,
-    id_to_short_name,
     unchecked_builder,
 )
 
@@ -108,7 +93,7 @@ class CoreState:
     next_token: int = 1
 
 
-class GatewayCore(DeliveryMixin):
+class GatewayCore(DeliveryMixin, ConnectMixin, UplinkMixin):
     """The I/O-free gateway engine (``receive`` / ``on_*`` / ``tick`` -> list of actions)."""
 
     def __init__(self, settings: CoreSettings | None = None, state: CoreState | None = None):
@@ -390,184 +375,6 @@ class GatewayCore(DeliveryMixin):
             return topic
         return template.format(client_id=client_id, topic=topic)
 
-    # ------------------------------------------------------------------ connect and will
-
-    def _on_connect(self, address: Hashable, msg: Connect, now: float, out: list[Action]) -> None:
-        verdict = self.admission.check_connect(address, msg.client_id, now)
-        if verdict is not ReturnCode.ACCEPTED:
-            if verdict is not None:  # None: over its source's rate, dropped unanswered
-                out.append(SendFrame(address, Connack(verdict)))
-            return
-        if not mqtt_safe(msg.client_id) or (
-            "{client_id}" in self.settings.uplink_topic_template
-            and not valid_topic_level(msg.client_id)
-        ):
-            # The ClientId travels upstream (MQTT 5 user property, ClientId, topic template):
-            # Fix: the ClientId goes into every upstream topic; "+", "#" or NUL there would be
-            # an invalid PUBLISH and the broker would close the (shared) connection.
-            self.counters["connect_refused_client_id"] += 1
-            out.append(SendFrame(address, Connack(ReturnCode.REJECTED_NOT_SUPPORTED)))
-            return
-        session = self.sessions.get(msg.client_id)
-        if session is None:
-            if len(self.sessions) >= self.settings.max_clients:
-                self.counters["connect_refused_max_clients"] += 1
-                _LOGGER.warning(
-                    "CONNECT from %r at %s refused: max_clients reached", msg.client_id, address
-                )
-                out.append(SendFrame(address, Connack(ReturnCode.REJECTED_CONGESTION)))
-                return
-            registry = TopicRegistry(self.settings.predefined, self.settings.max_topics_per_client)
-            session = ClientSession(msg.client_id, address, registry)
-            self.sessions[msg.client_id] = session
-        previous = session.state
-        self._bind_address(session, address)
-        # CONNECT from asleep/awake with CleanSession=0 continues the session (P10): ids and the
-        # upstream connection stay; any other CONNECT is a new connection whose topic ids must be
-        # registered again before use (P3).
-        resume = previous in (S.ASLEEP, S.AWAKE) and not msg.clean_session
-        self._requeue_inflight(session)
-        if msg.clean_session:
-            self._clean(session, out)
-        elif not resume:
-            session.registry.clear()
-        session.keepalive = float(msg.duration) if msg.duration else self.settings.zero_keepalive
-        session.clean_session = msg.clean_session
-        session.last_rx = now
-        session.supervision_at = None
-        self._transition(session, Event.CONNECT)
-        self._schedule_supervision(session)
-        if msg.will:
-            session.will_stage = "topic"
-            self._send(session, WillTopicReq(), out)
-            return
-        self._finish_connect(session, now, out, renew_upstream=not resume)
-
-    def _finish_connect(
-        self, session: ClientSession, now: float, out: list[Action], renew_upstream: bool
-    ) -> None:
-        if not self._aggregating and renew_upstream:
-            session.will_stage = "upstream"
-            out.append(
-                OpenUpstreamSession(
-                    session.client_id,
-                    session.clean_session,
-                    self._will_of(session),
-                    int(session.keepalive),
-                )
-            )
-            return
-        session.will_stage = ""
-        self._accept_connect(session, now, out)
-
-    def _accept_connect(self, session: ClientSession, now: float, out: list[Action]) -> None:
-        self._send(session, Connack(ReturnCode.ACCEPTED), out)
-        self._transition(session, Event.CONNECTED)
-        session.last_rx = now
-        self._schedule_supervision(session)
-        _LOGGER.info(
-            "%r connected from %s (keep-alive %ss, clean=%s)",
-            session.client_id,
-            session.address,
-            int(session.keepalive),
-            session.clean_session,
-        )
-        self._pump(session, now, out)
-
-    def _will_of(self, session: ClientSession) -> Will | None:
-        will = session.will
-        if will is None or not will.topic:
-            return None
-        return Will(
-            self._uplink_topic(session.client_id, will.topic), will.message, will.qos, will.retain
-        )
-
-    def _on_willtopic(
-        self, address: Hashable, msg: WillTopic, now: float, out: list[Action]
-    ) -> None:
-        session = self._session_at(address)
-        if session is None or session.state is not S.CONNECTING:
-            return
-        session.last_rx = now
-        if session.will_stage == "msg":  # our WILLMSGREQ was lost; the node repeats WILLTOPIC
-            self._send(session, WillMsgReq(), out)
-            return
-        if session.will_stage != "topic":
-            return
-        if not msg.will_topic:
-            # Empty WILLTOPIC deletes the will; no WILLMSGREQ follows (P11).
-            session.will = None
-            self._finish_connect(session, now, out, renew_upstream=True)
-            return
-        if not valid_topic_name(msg.will_topic) or not self.access.may_publish(
-            session.client_id, msg.will_topic
-        ):
-            # Fix: a will on "a/#" can never be published (upstream it is an invalid PUBLISH
-            # or CONNECT); refuse the connection rather than arm it [§5.3.10: not supported].
-            self.counters["connect_refused_will_topic"] += 1
-            session.will_stage = ""
-            self._send(session, Connack(ReturnCode.REJECTED_NOT_SUPPORTED), out)
-            self._transition(session, Event.REFUSED)
-            self._end_attempt(session, now, out)
-            return
-        session.will = StoredWill(msg.will_topic, b"", int(msg.qos), msg.retain)
-        session.will_stage = "msg"
-        self._send(session, WillMsgReq(), out)
-
-    def _on_willmsg(self, address: Hashable, msg: WillMsg, now: float, out: list[Action]) -> None:
-        session = self._session_at(address)
-        if session is None or session.state is not S.CONNECTING or session.will_stage != "msg":
-            return
-        assert session.will is not None
-        session.will.message = msg.will_msg
-        session.last_rx = now
-        self._finish_connect(session, now, out, renew_upstream=True)
-
-    def _on_willtopicupd(
-        self, address: Hashable, msg: WillTopicUpd, now: float, out: list[Action]
-    ) -> None:
-        session = self._connected_session(address, now, out)
-        if session is None:
-            return
-        if not msg.will_topic:
-            session.will = None  # empty WILLTOPICUPD deletes topic and message [§6.4]
-        elif not valid_topic_name(msg.will_topic) or not self.access.may_publish(
-            session.client_id, msg.will_topic
-        ):
-            # Fix: never arm a will that cannot be published (see _on_willtopic).
-            self._send(session, WillTopicResp(ReturnCode.REJECTED_NOT_SUPPORTED), out)
-            return
-        else:
-            message = session.will.message if session.will else b""
-            session.will = StoredWill(msg.will_topic, message, int(msg.qos), msg.retain)
-        self._refresh_upstream_will(session, out)
-        self._send(session, WillTopicResp(ReturnCode.ACCEPTED), out)
-
-    def _on_willmsgupd(
-        self, address: Hashable, msg: WillMsgUpd, now: float, out: list[Action]
-    ) -> None:
-        session = self._connected_session(address, now, out)
-        if session is None:
-            return
-        if session.will is None:
-            session.will = StoredWill("", msg.will_msg)  # a message waiting for its topic
-        else:
-            session.will.message = msg.will_msg
-        self._refresh_upstream_will(session, out)
-        self._send(session, WillMsgResp(ReturnCode.ACCEPTED), out)
-
-    def _refresh_upstream_will(self, session: ClientSession, out: list[Action]) -> None:
-        # A live MQTT connection cannot change its will: the bridge reconnects the node's
-        # connection, keeping the broker session (clean_session False) [§6.4, reference §5.5].
-        if not self._aggregating:
-            out.append(
-                OpenUpstreamSession(
-                    session.client_id, False, self._will_of(session), int(session.keepalive)
-                )
-            )
-
-    # ------------------------------------------------------------------ topics and publish
-
     def _connected_session(
         self, address: Hashable, now: float, out: list[Action]
     ) -> ClientSession | None:
@@ -579,213 +386,6 @@ class GatewayCore(DeliveryMixin):
             return None
         session.last_rx = now
         return session
-
-    def _on_register(self, address: Hashable, msg: Register, now: float, out: list[Action]) -> None:
-        session = self._connected_session(address, now, out)
-        if session is None:
-            return
-        if not valid_topic_name(msg.topic_name):
-            self._send(session, Regack(0, msg.msg_id, ReturnCode.REJECTED_NOT_SUPPORTED), out)
-            return
-        if not self.access.may_publish(session.client_id, msg.topic_name):
-            # [access.rules]: "not supported", never "invalid topic id" (the node would
-            # REGISTER again forever).
-            self.counters["register_refused_access"] += 1
-            self._send(session, Regack(0, msg.msg_id, ReturnCode.REJECTED_NOT_SUPPORTED), out)
-            return
-        topic_id = session.registry.register(msg.topic_name)
-        if topic_id is None:
-            self.counters["register_refused_limit"] += 1
-            self._send(session, Regack(0, msg.msg_id, ReturnCode.REJECTED_CONGESTION), out)
-            return
-        self._send(session, Regack(topic_id, msg.msg_id, ReturnCode.ACCEPTED), out)
-
-    def _on_publish(self, address: Hashable, msg: Publish, now: float, out: list[Action]) -> None:
-        client_id = self.by_address.get(address)
-        session = self.sessions.get(client_id) if client_id is not None else None
-        qos = msg.qos
-        if qos is _QOS_MINUS_ONE:
-            if session is None and not self.access.admits("", address):
-                self.counters["minus_one_refused_access"] += 1  # anonymous: ClientId ""
-                return
-            self._publish_minus_one(session, msg, out)
-            return
-        if session is None or session.state not in _CONNECTED:
-            self.counters["unattributable"] += 1
-            out.append(SendFrame(address, Disconnect()))
-            return
-        session.last_rx = now
-        topic = session.registry.resolve(msg.topic_id_type, msg.topic_id)
-        if topic is None:
-            # Any QoS, even 0: the node must learn its id is unknown (P25) [§6.6].
-            self.counters["publish_invalid_topic_id"] += 1
-            self._send(
-                session, Puback(msg.topic_id, msg.msg_id, ReturnCode.REJECTED_INVALID_TOPIC_ID), out
-            )
-            return
-        if not self.access.may_publish(session.client_id, topic):
-            # [access.rules], any QoS and any kind of topic id (a gateway-registered id too).
-            self.counters["publish_refused_access"] += 1
-            self._send(
-                session, Puback(msg.topic_id, msg.msg_id, ReturnCode.REJECTED_NOT_SUPPORTED), out
-            )
-            return
-        upstream_topic = self._uplink_topic(session.client_id, topic)
-        if qos is _QOS_0:
-            out.append(PublishUpstream(session.client_id, upstream_topic, msg.data, 0, msg.retain))
-            return
-        pending = session.uplink.get(msg.msg_id)
-        if pending is not None:
-            # A retransmission (DUP) of what the broker is still taking, or a QoS 2 the broker
-            # already took: never publish twice; repeat the PUBREC if we sent one [§6.13].
-            self.counters["uplink_duplicate"] += 1
-            if pending.acked:
-                self._send(session, Pubrec(msg.msg_id), out)
-            return
-        if len(session.uplink) >= _MAX_UPLINK_PENDING:
-            self._send(
-                session, Puback(msg.topic_id, msg.msg_id, ReturnCode.REJECTED_CONGESTION), out
-            )
-            return
-        token = self._new_token(session.client_id, msg.msg_id)
-        session.uplink[msg.msg_id] = UplinkPending(msg.msg_id, msg.topic_id, int(qos), token=token)
-        out.append(
-            PublishUpstream(
-                session.client_id, upstream_topic, msg.data, int(qos), msg.retain, token
-            )
-        )
-
-    def _publish_minus_one(
-        self, session: ClientSession | None, msg: Publish, out: list[Action]
-    ) -> None:
-        # QoS -1 needs no connection; only pre-defined ids and short names [§6.8].
-        if msg.topic_id_type is TopicIdType.PREDEFINED:
-            topic = self.settings.predefined.get(msg.topic_id)
-        else:
-            # Fix: the registry's resolve validates the short name (no wildcard, no NUL).
-            topic = TopicRegistry.resolve_short(msg.topic_id)
-        if topic is None:
-            self.counters["minus_one_unknown_topic"] += 1  # nothing can be reported back
-            return
-        client_id = session.client_id if session is not None else None
-        if not self.access.may_publish(client_id or "", topic):
-            self.counters["minus_one_refused_access"] += 1
-            return
-        upstream_topic = self._uplink_topic(client_id, topic) if client_id else topic
-        out.append(
-            PublishUpstream(
-                client_id,
-                upstream_topic,
-                msg.data,
-                0,
-                msg.retain,
-            )
-        )
-
-    def _on_pubrel(self, address: Hashable, msg: Pubrel, now: float, out: list[Action]) -> None:
-        session = self._connected_session(address, now, out)
-        if session is None:
-            return
-        pending = session.uplink.get(msg.msg_id)
-        if pending is not None and not pending.acked:
-            return  # PUBREL before our PUBREC: the broker has not taken it yet
-        session.uplink.pop(msg.msg_id, None)
-        self._send(session, Pubcomp(msg.msg_id), out)  # idempotent for a repeated PUBREL
-
-    # ------------------------------------------------------------------ subscribe
-
-    def _on_subscribe(
-        self, address: Hashable, msg: Subscribe, now: float, out: list[Action]
-    ) -> None:
-        session = self._connected_session(address, now, out)
-        if session is None:
-            return
-        name, reply_id, code = self._subscription_target(
-            session, msg.topic_id_type, msg.topic_name, msg.topic_id
-        )
-        if (
-            name is not None
-            and name not in session.subscriptions
-            and (len(session.subscriptions) >= self.settings.max_subscriptions_per_client)
-        ):
-            code = ReturnCode.REJECTED_CONGESTION
-        if (
-            code is ReturnCode.ACCEPTED
-            and name is not None
-            and not self.access.may_subscribe(session.client_id, name)
-        ):
-            self.counters["subscribe_refused_access"] += 1  # no allowed pattern covers it
-            code = ReturnCode.REJECTED_NOT_SUPPORTED
-        if name is None or code is not ReturnCode.ACCEPTED:
-            self._send(session, Suback(0, msg.msg_id, code, QoS.AT_MOST_ONCE), out)
-            return
-        if msg.topic_id_type is TopicIdType.NORMAL and not is_wildcard(name):
-            registered = session.registry.register(name)
-            if registered is None:
-                self._send(
-                    session,
-                    Suback(0, msg.msg_id, ReturnCode.REJECTED_CONGESTION, QoS.AT_MOST_ONCE),
-                    out,
-                )
-                return
-            reply_id = registered
-        granted = int(msg.qos)
-        session.subscriptions[name] = granted
-        session.retained_until[name] = now + self.settings.retained_window
-        _, max_qos = self.index.add(name, session.client_id, granted)
-        # SUBACK first, then the upstream SUBSCRIBE, whose retained messages follow (P8).
-        self._send(session, Suback(reply_id, msg.msg_id, ReturnCode.ACCEPTED, QoS(granted)), out)
-        if self._aggregating:
-            # Always re-sent, even when already held: the broker then re-sends retained messages.
-            out.append(SubscribeUpstream(None, name, max_qos))
-        else:
-            out.append(SubscribeUpstream(session.client_id, name, granted))
-
-    def _subscription_target(
-        self, session: ClientSession, topic_id_type: TopicIdType, topic_name: str, topic_id: int
-    ) -> tuple[str | None, int, ReturnCode]:
-        """(filter, TopicId for SUBACK, return code) for a SUBSCRIBE/UNSUBSCRIBE."""
-        if topic_id_type is TopicIdType.NORMAL:
-            if not valid_filter(topic_name):
-                return None, 0, ReturnCode.REJECTED_NOT_SUPPORTED
-            return topic_name, 0, ReturnCode.ACCEPTED  # wildcard: TopicId 0 (P1)
-        if topic_id_type is TopicIdType.PREDEFINED:
-            name = self.settings.predefined.get(topic_id)
-            if name is None:
-                return None, 0, ReturnCode.REJECTED_INVALID_TOPIC_ID
-            return name, topic_id, ReturnCode.ACCEPTED
-        try:
-            name = id_to_short_name(topic_id)
-        except UnicodeDecodeError:
-            return None, 0, ReturnCode.REJECTED_INVALID_TOPIC_ID
-        if not valid_filter(name):
-            # Fix: "a#" or NUL would be an invalid upstream SUBSCRIBE, which an MQTT 3.1.1
-            # broker answers by closing the connection (every node's, in aggregating mode).
-            return None, 0, ReturnCode.REJECTED_INVALID_TOPIC_ID
-        return name, 0, ReturnCode.ACCEPTED
-
-    def _on_unsubscribe(
-        self, address: Hashable, msg: Unsubscribe, now: float, out: list[Action]
-    ) -> None:
-        session = self._connected_session(address, now, out)
-        if session is None:
-            return
-        name, _, _ = self._subscription_target(
-            session, msg.topic_id_type, msg.topic_name, msg.topic_id
-        )
-        if name is not None and name in session.subscriptions:
-            self._drop_subscription(session, name, out)
-        self._send(session, Unsuback(msg.msg_id), out)  # answered even when nothing matched
-
-    def _drop_subscription(self, session: ClientSession, name: str, out: list[Action]) -> None:
-        del session.subscriptions[name]
-        session.retained_until.pop(name, None)
-        last = self.index.remove(name, session.client_id)
-        if self._aggregating:
-            if last:
-                out.append(UnsubscribeUpstream(None, name))
-        else:
-            out.append(UnsubscribeUpstream(session.client_id, name))
 
     # ------------------------------------------------------------------ ping, disconnect, sleep
 

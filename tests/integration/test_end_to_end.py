@@ -154,10 +154,16 @@ async def test_client_ids_match_exactly(mosquitto, start_gateway, mode, unique_t
         assert [m.payload for m in await ten.wake()] == [b"for-ten"]
 
 
-async def test_overlapping_filters_deliver_each_message_once(mosquitto, start_gateway, mode, unique_topic):
+async def test_overlapping_filters_deliver_each_message_once(
+    mosquitto, start_gateway, mode, unique_topic
+):
     """Nodes on overlapping filters (a/b and a/+) each get a broker message exactly once."""
     gateway = await start_gateway(mosquitto, mode)
-    async with sim_node(gateway, "exact") as exact, sim_node(gateway, "wild") as wild, sim_node(gateway, "both") as both:
+    async with (
+        sim_node(gateway, "exact") as exact,
+        sim_node(gateway, "wild") as wild,
+        sim_node(gateway, "both") as both,
+    ):
         for node in (exact, wild, both):
             await node.connect()
         await exact.subscribe(f"{unique_topic}/cmd/a", qos=1)
