@@ -153,6 +153,11 @@ class GatewayRuntime:
                 await transport.close()
             except Exception:  # a failing transport must not keep the others open
                 _LOGGER.exception("closing transport %s failed", transport.name)
+        if self.store is not None and self._upstream is not None:
+            # Commit first, so the broker acknowledgements waiting for the disk go out on the
+            # live connection; otherwise the broker would deliver those messages again.
+            await self.store.sync()
+            await asyncio.sleep(0)  # the released acknowledgements are written
         if self._upstream is not None:
             await self._upstream.close()
         if self.store is not None:

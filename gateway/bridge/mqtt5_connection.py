@@ -514,7 +514,9 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
         if pid not in self._incoming_qos2:
             self._incoming_qos2.add(pid)
             self._deliver(packet.topic, packet.payload, 2, packet.retain, filters)
-        self._ack(_PUBREC + pid.to_bytes(2, "big"))
+        # Not gated: after a crash the broker would resend it and, without its packet id on
+        # disk, the message would be delivered twice, which QoS 2 forbids.
+        self._write(_PUBREC + pid.to_bytes(2, "big"))
 
     def _on_suback(self, packet: mqtt5.SubAckPacket | mqtt5.UnsubAckPacket) -> None:
         filters = self._pending_acks.pop(packet.packet_id, None)
@@ -546,7 +548,11 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
         return pid
 
     def _ack(self, data: bytes) -> None:
-        """Acknowledge a broker PUBLISH, through the owner's durability gate when it has one."""
+        """Acknowledge a broker QoS 1 PUBLISH, through the owner's durability gate if it has one.
+
+        After a crash the broker delivers again what was not acknowledged: at least once, as
+        QoS 1 allows.
+        """
         gate = getattr(self.handler, "ack_gate", None)
         if gate is None:
             self._write(data)

@@ -109,7 +109,11 @@ async def test_sleeping_node_buffer_survives_kill_9(
         await second.start()
         await second.wait_line("3 buffered message(s)")
         woken = await node.wake()
-        assert [(m.payload, m.qos) for m in woken] == [(b"k0", 1), (b"k1", 2), (b"k2", 0)]
+        got = [(m.payload, m.qos) for m in woken]
+        # The QoS 1 message may come twice (its broker PUBACK may not have left before the
+        # SIGKILL, so the broker delivers it again: at least once); QoS 2 and 0 exactly once.
+        assert list(dict.fromkeys(got)) == [(b"k0", 1), (b"k1", 2), (b"k2", 0)]
+        assert [g for g in got if g[0] != b"k0"] == [(b"k1", 2), (b"k2", 0)]
 
 
 async def test_uplink_outbox_survives_kill_9(
