@@ -206,11 +206,13 @@ async def test_empty_battery_stops_the_node(responder: Responder) -> None:
 
 
 async def test_fleet_summary(responder: Responder) -> None:
-    """Two nodes for a short run: everything published at QoS 1 is acknowledged."""
+    """Two nodes for a short run: every QoS 1 publish is acknowledged but the last in flight."""
     fleet = Fleet(responder.address, 2, interval=0.05, qos=1, duration=0.5)
     summary = await fleet.run()
-    assert summary.nodes == 2 and summary.errors == 0
-    assert summary.published >= 2 and summary.acked == summary.published
+    assert summary.nodes == 2 and summary.errors == 0 and summary.failed == 0
+    # The run stops at its duration: each node may have one publish still in flight then.
+    assert summary.published >= 2
+    assert summary.published - summary.nodes <= summary.acked <= summary.published
     assert "published" in str(summary)
     assert {f[6:] for f in responder.frames if f[1] == 0x04} == {b"sim-0", b"sim-1"}
 
