@@ -11,10 +11,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import mbedtls  # noqa: F401 - python-mbedtls, in the [test] extra
 import pytest
-
-pytest.importorskip("mbedtls")
-
 from mbedtls import tls
 
 from firmware_sim.dtls_link import DtlsNodeLink
