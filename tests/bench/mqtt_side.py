@@ -5,7 +5,7 @@ timestamp in each payload) and publishes what the nodes must receive (downlink r
 the deliveries the node workers count in shared memory. It is deliberately not our own bridge
 (``gateway.bridge``): the thing under test should not also be the yardstick.
 
-Payload layout (as in ``/work/shared/tools/mqttsn_load.py``, so both tools read each other's
+Payload layout (as in ``../shared/tools/mqttsn_load.py``, so both tools read each other's
 messages), big endian, zero-padded to the payload size:
 ``run id (u32) | send time CLOCK_MONOTONIC ns (u64) | node index (u32) | seq (u32)``.
 """

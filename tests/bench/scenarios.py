@@ -41,7 +41,7 @@ class BenchOptions:
     clients: int = 100
     procs: int = 2
     payload_size: int = 32
-    yardstick: Path | None = Path("/work/shared/tools/mqttsn_load.py")
+    yardstick: Path | None = None  # the shared mqttsn_load.py; run.py fills the default in
     gateway_log_level: str = "WARNING"
     gateway_source: Path | None = None
     gateway_state: str = "file"
@@ -276,7 +276,7 @@ class Bench:
     def yardstick(
         self, qos: int, nodes: int, duration: float, rate: float = 0.0
     ) -> dict[str, Any] | None:
-        """The same uplink load from /work/shared/tools/mqttsn_load.py, on a fresh gateway.
+        """The same uplink load from ../shared/tools/mqttsn_load.py, on a fresh gateway.
 
         QoS 0 is paced at ``rate`` (the wall-clock rate our generator reached): unpaced, the
         yardstick sends several times what the gateway can take, spends both cores on it and
