@@ -7,49 +7,52 @@ awaits a future resolved by the client's result event, bounded by a timeout.
     async with SimNode("node1", UdpNodeLink(("127.0.0.1", 1884))) as node:
         await node.connect(keepalive=60)
         await node.publish("sensors/node1/temp", b"21.5", qos=1)
+
+This module holds the node's lifecycle, its request API and its power state; the link handling
+(frames both ways, the node's task, events to their waiters) is a mixin in ``node_io.py``, the
+duty cycle (sleep, wake, periodic publishing) one in ``node_duty_cycle.py``, and the errors are
+in ``node_errors.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from firmware_sim.battery import Battery, PowerState
 from firmware_sim.client import (
     N_RETRY,
     T_RETRY,
-    Asleep,
     ClientState,
-    Connected,
     ConnectRejected,
-    Disconnected,
     Event,
     GatewayFound,
-    Lost,
     MqttSnClient,
-    Output,
-    Pong,
     Published,
     Received,
     Registered,
-    Retransmitted,
     Subscribed,
-    TopicLearned,
-    Unsubscribed,
-    WakeDone,
     Will,
 )
 from firmware_sim.link import NodeLink
-from gateway.errors import GatewayError, LocalProtocolError, RemoteProtocolError, TransportError
-from gateway.protocol.codec import decode, encode
+from firmware_sim.node_duty_cycle import DutyCycleMixin, PeriodicReport
+from firmware_sim.node_duty_cycle import Payload as Payload  # re-exported
+from firmware_sim.node_errors import (
+    BatteryEmpty,
+    ConnectRefused,
+    GatewayLostError,
+    RequestRejected,
+    RequestTimeout,
+    SimNodeError,
+)
+from firmware_sim.node_io import NodeCounters, NodeIoMixin, quiet_future
+from gateway.errors import LocalProtocolError, TransportError
 from gateway.protocol.constants import QoS, ReturnCode, TopicIdType
-from gateway.protocol.messages import GwInfo, Message, SearchGw, short_name_to_id
+from gateway.protocol.messages import Message, short_name_to_id
 
 __all__ = [
     "BatteryEmpty",
@@ -65,71 +68,9 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 
-Payload = bytes | str | Callable[[int], bytes] | None
 
-
-class SimNodeError(GatewayError):
-    """A simulated node could not do what it was asked."""
-
-
-class ConnectRefused(SimNodeError):
-    """CONNACK carried a non-zero return code."""
-
-    def __init__(self, client_id: str, return_code: ReturnCode) -> None:
-        super().__init__(f"{client_id}: CONNECT refused by the gateway: {return_code.name}")
-        self.return_code = return_code
-
-
-class RequestRejected(SimNodeError):
-    """REGACK, PUBACK or SUBACK carried a non-zero return code."""
-
-    def __init__(self, what: str, return_code: ReturnCode) -> None:
-        super().__init__(f"{what} rejected by the gateway: {return_code.name}")
-        self.what = what
-        self.return_code = return_code
-
-
-class GatewayLostError(SimNodeError):
-    """The gateway stopped answering (N_RETRY retransmissions) or disconnected us."""
-
-
-class RequestTimeout(SimNodeError, TimeoutError):
-    """No answer within the node's timeout."""
-
-
-class BatteryEmpty(SimNodeError):
-    """The node's battery is empty: it does nothing any more."""
-
-
-@dataclass(slots=True)
-class NodeCounters:
-    """Live counters of one node."""
-
-    sent: int = 0  # frames written to the link
-    received: int = 0  # frames heard from the link
-    retransmitted: int = 0
-    published: int = 0  # our PUBLISHes sent (any QoS)
-    acked: int = 0  # our QoS 1/2 PUBLISHes acknowledged
-    rejected: int = 0  # our requests answered with a non-zero return code
-    failed: int = 0  # our QoS 1/2 PUBLISHes never acknowledged
-    delivered: int = 0  # PUBLISHes received from the gateway
-    dropped: int = 0  # received PUBLISHes dropped because nobody read messages()
-    decode_errors: int = 0
-    send_errors: int = 0
-    lost: int = 0  # times the gateway was declared lost
-
-
-@dataclass(frozen=True, slots=True)
-class PeriodicReport:
-    """What ``run_periodic`` did."""
-
-    published: int
-    acked: int
-    failed: int
-    stopped: str
-
-
-class SimNode:
+# NodeIoMixin first: DutyCycleMixin only declares the NodeIoMixin methods it calls.
+class SimNode(NodeIoMixin, DutyCycleMixin):
     """An MQTT-SN sensor node: discover, connect, register, publish, subscribe, sleep and wake."""
 
     def __init__(
@@ -230,14 +171,6 @@ class SimNode:
                 pass
         await self._close_link()
 
-    async def _close_link(self) -> None:
-        if self._link_open:
-            self._link_open = False
-            await self.link.close()
-        if self._inbox.full():
-            self._inbox.get_nowait()
-        self._inbox.put_nowait(None)
-
     # ----------------------------------------------------------------- API
 
     async def search_gateway(
@@ -322,7 +255,7 @@ class SimNode:
         )
         self.counters.published += 1
         if msg_id == 0:
-            done: asyncio.Future[None] = _future()
+            done: asyncio.Future[None] = quiet_future()
             self._dispatch(outputs, done)
             await done
             return
@@ -373,36 +306,6 @@ class SimNode:
         await self._await(future, None, "PINGRESP")
         return self._now() - start
 
-    async def sleep(self, duration: float) -> None:
-        """DISCONNECT with ``duration`` (rounded up to whole seconds), then power the radio down."""
-        self._check_alive()
-        future = self._waiter("sleep")
-        self._dispatch(self.client.sleep(math.ceil(duration), self._now()))
-        await self._await(future, None, "DISCONNECT")
-        await self.link.sleep_radio()
-        self._set_power(PowerState.SLEEP)
-        _LOGGER.info("%s: asleep for %d s", self.client_id, math.ceil(duration))
-
-    async def wake(self) -> list[Received]:
-        """Radio up, PINGREQ with our ClientId; the messages delivered until PINGRESP."""
-        self._check_alive()
-        await self._power_up()
-        future = self._waiter("wake")
-        self._woken = []
-        try:
-            self._dispatch(self.client.wake(self._now()))
-            event = await self._await(future, None, "PINGRESP")
-            woken = self._woken
-        finally:
-            self._woken = None
-        await self.link.sleep_radio()
-        self._set_power(PowerState.SLEEP)
-        assert isinstance(event, WakeDone)
-        if event.timed_out:
-            raise RequestTimeout(f"{self.client_id}: no PINGRESP after waking; asleep again")
-        _LOGGER.info("%s: woke and collected %d messages", self.client_id, len(woken))
-        return woken
-
     async def disconnect(self, *, limit: float | None = None) -> None:
         """DISCONNECT; returns when the gateway acknowledges (or the retries run out)."""
         self._check_alive()
@@ -418,54 +321,6 @@ class SimNode:
         while (message := await self._inbox.get()) is not None:
             yield message
 
-    async def run_periodic(
-        self,
-        topic: str | int,
-        interval: float,
-        qos: int = 0,
-        count: int | None = None,
-        sleep_between: float | None = None,
-        *,
-        payload: Payload = None,
-        topic_id_type: TopicIdType | None = None,
-        collect: bool = False,
-    ) -> PeriodicReport:
-        """Publish every ``interval`` s, ``count`` times (None: until cancelled or battery empty).
-
-        With ``sleep_between`` the node sleeps between publishes (DISCONNECT announcing that
-        many seconds), then reconnects with CleanSession=0 to publish; ``collect`` first wakes
-        with PINGREQ to collect what the gateway buffered.
-        """
-        published = acked = failed = i = 0
-        stopped = "count reached"
-        while count is None or i < count:
-            if not self.alive:
-                stopped = self._dead or "dead"
-                break
-            try:
-                if QoS(qos) is not QoS.MINUS_ONE:
-                    await self._ensure_active(collect)
-                data = _payload(payload, i, self.battery)
-                await self.publish(topic, data, qos, topic_id_type=topic_id_type)
-                published += 1
-                acked += QoS(qos) in (QoS.AT_LEAST_ONCE, QoS.EXACTLY_ONCE)
-            except BatteryEmpty:
-                stopped = "battery empty"
-                break
-            except (SimNodeError, LocalProtocolError, TransportError) as exc:
-                failed += 1
-                _LOGGER.info("%s: periodic publish %d failed: %s", self.client_id, i, exc)
-            i += 1
-            if count is not None and i >= count:
-                break
-            if sleep_between is not None and self.client.state is ClientState.ACTIVE:
-                try:
-                    await self.sleep(sleep_between)
-                except SimNodeError as exc:
-                    _LOGGER.info("%s: could not go to sleep: %s", self.client_id, exc)
-            await asyncio.sleep(interval)
-        return PeriodicReport(published, acked, failed, stopped)
-
     # ----------------------------------------------------------------- internals
 
     def _now(self) -> float:
@@ -478,16 +333,6 @@ class SimNode:
             if self.battery is not None and self.battery.empty:
                 raise BatteryEmpty(f"{self.client_id}: battery empty")
             raise SimNodeError(f"{self.client_id}: {self._dead}")
-
-    async def _ensure_active(self, collect: bool) -> None:
-        state = self.client.state
-        if state is ClientState.ACTIVE:
-            return
-        if state is ClientState.ASLEEP and collect:
-            await self.wake()
-        keepalive, _ = self._connect_args
-        # CleanSession=0 keeps subscriptions, registrations and the stored will [§6.3].
-        await self.connect(keepalive, clean_session=False)
 
     async def _topic(
         self, topic: str | int, id_type: TopicIdType | None, qos: QoS
@@ -511,36 +356,6 @@ class SimNode:
                 " predefined id or a short name (topic_id_type=SHORT_NAME)"
             )
         return await self.register(topic), TopicIdType.NORMAL
-
-    def _waiter(self, kind: str, *, reuse: bool = False) -> asyncio.Future[Event]:
-        old = self._waiters.get(kind)
-        if old is not None and not old.done():
-            if reuse:
-                return old
-            old.set_exception(SimNodeError(f"{self.client_id}: {kind} superseded"))
-        future: asyncio.Future[Event] = _future()
-        self._waiters[kind] = future
-        return future
-
-    async def _request(self, msg_id: int, outputs: list[Output], answer: str) -> Event:
-        future: asyncio.Future[Event] = _future()
-        self._requests[msg_id] = future
-        self._dispatch(outputs)
-        try:
-            return await self._await(future, None, answer)
-        finally:
-            self._requests.pop(msg_id, None)
-
-    async def _await(
-        self, future: asyncio.Future[Event], limit: float | None, answer: str
-    ) -> Event:
-        try:
-            async with asyncio.timeout(limit if limit is not None else self.timeout):
-                # Shielded: a PINGREQ's future may have several waiters; one timing out must
-                # not cancel it for the others.
-                return await asyncio.shield(future)
-        except TimeoutError:
-            raise RequestTimeout(f"{self.client_id}: no {answer} in time") from None
 
     async def _power_up(self) -> None:
         if self._power is PowerState.SLEEP:
@@ -567,160 +382,3 @@ class SimNode:
         self._power = PowerState.OFF
         self._fail_all(BatteryEmpty(f"{self.client_id}: battery empty"))
         self._wakeup.set()
-
-    def _fail_all(self, exc: Exception) -> None:
-        futures: list[asyncio.Future[Any]] = [*self._requests.values(), *self._waiters.values()]
-        futures += [done for _, done in self._outbox if done is not None]
-        for future in futures:
-            if not future.done():
-                future.set_exception(exc)
-        self._requests.clear()
-        self._waiters.clear()
-
-    def _resolve(self, kind: str, event: Event) -> None:
-        future = self._waiters.pop(kind, None)
-        if future is not None and not future.done():
-            future.set_result(event)
-
-    def _dispatch(self, outputs: list[Output], done: asyncio.Future[None] | None = None) -> None:
-        """Queue the messages for the timer task, act on the events."""
-        last = max((i for i, out in enumerate(outputs) if isinstance(out, Message)), default=-1)
-        for i, out in enumerate(outputs):
-            if isinstance(out, Message):
-                self._outbox.append((out, done if i == last else None))
-            else:
-                self._on_event(out)
-        if last < 0 and done is not None and not done.done():
-            done.set_result(None)
-        self._wakeup.set()
-
-    def _on_event(self, event: Event) -> None:
-        match event:
-            case Connected() | ConnectRejected():
-                self._resolve("connect", event)
-            case Registered(msg_id=m) | Subscribed(msg_id=m) | Unsubscribed(msg_id=m):
-                self._resolve_request(m, event)
-            case Published(msg_id=m):
-                if m == 0:
-                    self.counters.rejected += 1
-                self._resolve_request(m, event)
-            case Received():
-                self._deliver(event)
-            case Pong():
-                self._resolve("ping", event)
-            case Asleep():
-                self._resolve("sleep", event)
-            case WakeDone():
-                self._resolve("wake", event)
-            case GatewayFound():
-                self._resolve("search", event)
-            case Retransmitted():
-                self.counters.retransmitted += 1
-            case TopicLearned(topic_name=name, topic_id=tid):
-                _LOGGER.debug("%s: gateway registered %d = %r", self.client_id, tid, name)
-            case Disconnected(by_gateway=by_gateway):
-                self._resolve("disconnect", event)
-                self._fail_all(GatewayLostError(f"{self.client_id}: disconnected by the gateway"))
-                if by_gateway:
-                    _LOGGER.info("%s: disconnected by the gateway", self.client_id)
-            case Lost(reason=reason):
-                self.counters.lost += 1
-                self._resolve("disconnect", event)
-                self._fail_all(GatewayLostError(f"{self.client_id}: gateway lost: {reason}"))
-
-    def _resolve_request(self, msg_id: int, event: Event) -> None:
-        future = self._requests.pop(msg_id, None)
-        if future is not None and not future.done():
-            future.set_result(event)
-
-    def _deliver(self, message: Received) -> None:
-        self.counters.delivered += 1
-        if self._woken is not None:
-            self._woken.append(message)
-        if self._inbox.full():
-            self._inbox.get_nowait()
-            self.counters.dropped += 1
-        self._inbox.put_nowait(message)
-
-    def _on_frame(self, frame: bytes) -> None:
-        """The link's callback: one frame from the gateway (or a broadcast)."""
-        if self._dead is not None:
-            return
-        self.counters.received += 1
-        self._account()
-        try:
-            message = decode(frame)
-        except RemoteProtocolError as exc:
-            self.counters.decode_errors += 1
-            _LOGGER.warning("%s: undecodable frame %s: %s", self.client_id, frame[:16].hex(), exc)
-            return
-        _LOGGER.debug("%s: <- %r", self.client_id, message)
-        self._dispatch(self.client.receive(message, self._now()))
-
-    async def _transmit(self, message: Message) -> None:
-        try:
-            frame = encode(message)
-            if isinstance(message, SearchGw):
-                await self.link.broadcast(frame, message.radius)
-            elif isinstance(message, GwInfo):
-                await self.link.broadcast(frame)
-            else:
-                await self.link.send(frame)
-        except (OSError, TransportError, LocalProtocolError) as exc:
-            self.counters.send_errors += 1
-            _LOGGER.warning("%s: cannot send %r: %s", self.client_id, message, exc)
-            return
-        _LOGGER.debug("%s: -> %r", self.client_id, message)
-        self.counters.sent += 1
-        if self.battery is not None:
-            self._account()
-            self.battery.on_tx(len(frame))
-            if self.battery.empty and self._dead is None:
-                self._die()
-
-    async def _run(self) -> None:
-        """The node's one task: write queued frames in order and fire the client's timers."""
-        while self._dead is None:
-            self._wakeup.clear()
-            while self._outbox and self._dead is None:
-                message, done = self._outbox.popleft()
-                await self._transmit(message)
-                if done is not None and not done.done():
-                    done.set_result(None)
-            if self._dead is not None:
-                break
-            now = self._now()
-            deadline = self.client.next_deadline()
-            if deadline is not None and deadline <= now:
-                self._dispatch(self.client.tick(now))
-                continue
-            if self._outbox:
-                continue
-            if self.battery is not None and self._power is not PowerState.OFF:
-                # Wake up when the battery runs out, so an idle node still stops.
-                lifetime = self.battery.lifetime_s(self._power) - (now - self._power_since)
-                if math.isfinite(lifetime):
-                    empty_at = now + max(lifetime, 0.0)
-                    deadline = empty_at if deadline is None else min(deadline, empty_at)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._wakeup.wait()
-            except TimeoutError:
-                self._account()
-        await self._close_link()
-
-
-def _future() -> asyncio.Future[Any]:
-    """A future whose exception counts as retrieved even if its waiter already gave up."""
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.add_done_callback(lambda f: f.cancelled() or f.exception())
-    return future
-
-
-def _payload(payload: Payload, seq: int, battery: Battery | None) -> bytes:
-    if payload is None:
-        level = f',"battery":{battery.level:.2f}' if battery is not None else ""
-        return f'{{"seq":{seq}{level}}}'.encode()
-    if callable(payload):
-        return payload(seq)
-    return payload.encode() if isinstance(payload, str) else payload
