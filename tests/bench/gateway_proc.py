@@ -23,6 +23,10 @@ from tests.mosquitto import free_port
 __all__ = ["GatewayProcess", "RssSampler", "host_busy_cpu_s", "proc_cpu_s", "proc_mem_kb"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO = Path(__file__).resolve().parents[2]
+#: ``--gateway-cmd``: the module run as the gateway under test (the minimal forwarder is the
+#: ceiling of plain Python on this machine, not a gateway; it ignores --mode and --log-level)
+PROGRAMS = {"gateway": "gateway", "minimal": "tests.bench.minimal_forwarder"}
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -116,7 +120,10 @@ class RssSampler:
 
 
 class GatewayProcess:
-    """``python -m gateway run --udp 127.0.0.1:PORT --broker URL [--mode transparent]``."""
+    """``python -m gateway run --udp 127.0.0.1:PORT --broker URL [--mode transparent]``.
+
+    ``program="minimal"`` runs ``python -m tests.bench.minimal_forwarder run ...`` instead.
+    """
 
     def __init__(
         self,
@@ -125,8 +132,12 @@ class GatewayProcess:
         log_level: str = "WARNING",
         source: Path | None = None,
         state: str = "file",
+        program: str = "gateway",
     ) -> None:
         self.broker_url = broker_url
+        self.program = program  # "gateway", or "minimal": tests/bench/minimal_forwarder.py
+        if program == "minimal":
+            source = REPO  # the forwarder of this checkout, whatever gateway source is chosen
         self.source = source  # run ``python -m gateway`` from this source tree
         self.state = state  # "file": a fresh state file per process; "memory": none
         self.mode = mode
@@ -149,7 +160,7 @@ class GatewayProcess:
         return [
             sys.executable,
             "-m",
-            "gateway",
+            PROGRAMS[self.program],
             "run",
             "--udp",
             f"{self.host}:{self.port}",
@@ -163,7 +174,7 @@ class GatewayProcess:
         ]
 
     def _state_args(self) -> list[str]:
-        if not _supports_state(self.source):
+        if self.program != "gateway" or not _supports_state(self.source):
             return []  # a gateway from before the state file
         return ["--state", str(self._dir / "state.sqlite") if self.state == "file" else ":memory:"]
 

@@ -34,6 +34,7 @@ from tests.mosquitto import MosquittoBroker
 
 __all__ = ["main"]
 
+MINIMAL_SKIP = "not supported by the minimal forwarder"  # rows without Row.minimal
 # The yardstick of the performance issue sits in the shared folder beside the checkout
 # (``../shared/tools``); --yardstick points elsewhere.
 DEFAULT_YARDSTICK = Path(__file__).resolve().parents[3] / "shared" / "tools" / "mqttsn_load.py"
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rows",
         default="all",
-        help="comma-separated subset of the rows (default: all): " + ",".join(ROWS),
+        help="comma-separated subset of the rows (default: all; none: only --profile/--plot): "
+        + ",".join(ROWS),
     )
     parser.add_argument("--repeat", type=int, default=None, help="median of N runs (default 3)")
     parser.add_argument(
@@ -105,12 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
         const=Path("bench-results/profile"),
         default=None,
         metavar="DIR",
-        help="one more QoS 0 uplink run with py-spy on the gateway; top functions by own time",
+        help="one more uplink run (--profile-qos) with py-spy on the gateway; top functions by own time",
     )
     parser.add_argument(
         "--native",
         action="store_true",
         help="--profile with py-spy --native: C frames too (uvloop, the mqtt5 codec)",
+    )
+    parser.add_argument(
+        "--profile-qos",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="the uplink QoS of the --profile run (default 0; 1: one in flight per node)",
     )
     parser.add_argument(
         "--gateway-log-level", default="WARNING", help="the gateway's --log-level (WARNING)"
@@ -121,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="run `python -m gateway` from this source tree (e.g. another checkout)",
+    )
+    parser.add_argument(
+        "--gateway-cmd",
+        choices=("gateway", "minimal"),
+        default="gateway",
+        help="what every measurement starts: our gateway (default), or `minimal`: the minimal"
+        " forwarder (tests/bench/minimal_forwarder.py), the ceiling of plain Python + uvloop on"
+        " this machine; rows it cannot run are skipped",
     )
     parser.add_argument(
         "--gateway-state",
@@ -194,6 +211,11 @@ def table_lines(results: dict[str, Any]) -> list[str]:
         summary = entry["summary"]
         for i, check in enumerate(row.checks):
             title = row.title if i == 0 else ""
+            if summary.get("skipped"):
+                lines.append(
+                    (title, check.label, "skipped", "", check.paho, target_text(check), "-")
+                )
+                continue
             if not summary.get("runs"):
                 lines.append((title, check.label, "error", "", check.paho, target_text(check), "-"))
                 continue
@@ -309,10 +331,10 @@ def run_sweep(bench: Bench, counts: list[int]) -> dict[str, Any]:
     return sweep
 
 
-def run_profile(bench: Bench, out_dir: Path, native: bool = False) -> dict[str, Any]:
-    """A QoS 0 uplink run with py-spy sampling the gateway; top functions by own time."""
+def run_profile(bench: Bench, out_dir: Path, native: bool = False, qos: int = 0) -> dict[str, Any]:
+    """An uplink run with py-spy sampling the gateway; top functions by own time."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw = out_dir / "qos0_uplink.pyspy.txt"
+    raw = out_dir / f"qos{qos}_uplink.pyspy.txt"
     duration = bench.options.duration("uplink")
     n = bench.options.clients
     with bench.gateway() as gw:
@@ -321,7 +343,7 @@ def run_profile(bench: Bench, out_dir: Path, native: bool = False) -> dict[str, 
         bench.pool.workers(
             "register",
             topic="bench/up/{cid}",
-            qos=0,
+            qos=qos,
             payload_size=bench.options.payload_size,
             concurrency=250,
             timeout=5.0,
@@ -348,7 +370,7 @@ def run_profile(bench: Bench, out_dir: Path, native: bool = False) -> dict[str, 
         except FileNotFoundError:
             return {"error": "py-spy not installed (pip install py-spy)"}
         time.sleep(0.5)
-        result = bench.uplink(gw, n, 0, duration, prepared=True)
+        result = bench.uplink(gw, n, qos, duration, prepared=True)
         _, err = spy.communicate(timeout=60)
         bench.close_nodes()
     if spy.returncode != 0 or not raw.exists():
@@ -357,7 +379,7 @@ def run_profile(bench: Bench, out_dir: Path, native: bool = False) -> dict[str, 
     text = [
         f"gateway: {' '.join(gw.command[1:])}",
         f"py-spy: {' '.join(cmd)}",
-        f"during QoS 0 uplink from {n} nodes: {result['msgs_per_cpu_s']} msgs per gateway CPU-s",
+        f"during QoS {qos} uplink from {n} nodes: {result['msgs_per_cpu_s']} msgs per gateway CPU-s",
         "",
         f"{'own %':>6}  {'samples':>7}  function",
     ]
@@ -399,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the exit code (0 even when targets are missed)."""
     args = build_parser().parse_args(argv)
     keys = list(ROWS) if args.rows == "all" else [k.strip() for k in args.rows.split(",")]
+    keys = [k for k in keys if k and k != "none"]  # `--rows none --profile`: the profile only
     unknown = [k for k in keys if k not in ROWS]
     if unknown:
         print(f"mqttsn-bench: unknown row(s) {unknown}; known: {', '.join(ROWS)}", file=sys.stderr)
@@ -422,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gateway_log_level=args.gateway_log_level,
         gateway_source=args.gateway_source,
         gateway_state=args.gateway_state,
+        gateway_cmd=args.gateway_cmd,
         verbose=not args.quiet,
         durations=durations,
     )
@@ -442,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gateway_log_level": args.gateway_log_level,
             "gateway_source": str(args.gateway_source) if args.gateway_source else None,
             "gateway_state": args.gateway_state,
+            "gateway_cmd": args.gateway_cmd,
         },
         "yardstick_note": note,
         "rows": {},
@@ -454,6 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(options, broker, pool)
         for key in keys:
             row = ROWS[key]
+            if args.gateway_cmd == "minimal" and not row.minimal:
+                bench.log(f"{key}: {MINIMAL_SKIP}")
+                results["rows"][key] = {"runs": [], "summary": {"runs": 0, "skipped": MINIMAL_SKIP}}
+                continue
             runs = []
             for i in range(repeat):
                 bench.log(f"{key} ({row.title}): run {i + 1}/{repeat}")
@@ -471,9 +500,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             counts = [int(x) for x in args.sweep.split(",") if x.strip()]
             results["sweep"] = run_sweep(bench, counts)
         if args.profile:
-            bench.log("profile: QoS 0 uplink with py-spy on the gateway")
+            bench.log(f"profile: QoS {args.profile_qos} uplink with py-spy on the gateway")
             try:
-                results["profile"] = run_profile(bench, args.profile, args.native)
+                results["profile"] = run_profile(
+                    bench, args.profile, args.native, qos=args.profile_qos
+                )
             except Exception as exc:
                 traceback.print_exc()
                 results["profile"] = {"error": repr(exc)}
@@ -483,6 +514,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["seconds"] = round(time.monotonic() - t_begin, 1)
 
     print()
+    if args.gateway_cmd == "minimal":
+        print(
+            "gateway under test: the MINIMAL FORWARDER (tests/bench/minimal_forwarder.py),"
+            " not our gateway: the ceiling of plain Python on this machine"
+        )
+        skipped = [k for k, e in results["rows"].items() if e["summary"].get("skipped")]
+        if skipped:
+            print(f"{MINIMAL_SKIP}: {', '.join(skipped)}")
     print("\n".join(table_lines(results)))
     print()
     print("\n".join(load_lines(results)))
