@@ -34,7 +34,7 @@ from gateway.core import (
     UnsubscribeUpstream,
 )
 from gateway.errors import RemoteProtocolError
-from gateway.protocol.codec import decode, encode
+from gateway.protocol.codec import decode, encode, peek_publish
 from gateway.protocol.messages import Encapsulated, Message
 from gateway.store import MEMORY, OutboxEntry, StateStore
 from transports import create_transport
@@ -122,8 +122,9 @@ class GatewayRuntime:
                 create_transport(name, options) for name, options in self.config.transports.items()
             ]
         if self.store is not None:
-            # Acknowledge broker PUBLISHes only once they are on disk (Upstream.ack_gate).
-            self._upstream.ack_gate = self.store.after_commit
+            # Acknowledge broker PUBLISHes only once they are on disk (Upstream.ack_gate); the
+            # gate also keeps broker QoS 2 packet ids in the state file (bridge.base.Qos2Ledger).
+            self._upstream.ack_gate = self.store.ack_gate
         await self._upstream.start(self)
         if self.store is not None:
             # Restored nodes may be answered (a PUBACK for a saved publish) before the
@@ -190,6 +191,20 @@ class GatewayRuntime:
         return functools.partial(self._on_frame, transport)
 
     def _on_frame(self, transport: Transport, address: Address, frame: bytes) -> None:
+        if not self.observers:
+            # Hot path: a node's plain PUBLISH goes to the broker without a Publish or an
+            # action list (tests/bench/RESULTS.md); anything else, including every refusal,
+            # takes the general path below.
+            fields = peek_publish(frame)
+            if fields is not None:
+                a = self.core.publish_fields(address, *fields, self._time())
+                if a is not None:
+                    self._upstream.publish(  # type: ignore[union-attr]
+                        a.client_id, a.topic, a.payload, a.qos, a.retain, a.token
+                    )
+                    if a.token is not None and self.store is not None:
+                        self.store.outbox_add(a)  # QoS 1/2: kept until the broker has it
+                    return
         try:
             message = decode(frame)
             if type(message) is Encapsulated:
@@ -239,11 +254,16 @@ class GatewayRuntime:
         filters: frozenset[str] | None = None,
     ) -> None:
         """A PUBLISH from the broker (fan-out happens in the core)."""
-        self._execute(
-            self.core.on_broker_message(
-                topic, payload, qos, retain, self._now(), client_id, filters
-            )
+        actions = self.core.on_broker_message(
+            topic, payload, qos, retain, self._now(), client_id, filters
         )
+        if qos == 2 and self.store is not None:
+            # Exactly once across a crash: no node hears of a broker QoS 2 message before the
+            # state file holds it with its packet id, as for the broker's PUBREC (the bridge's
+            # ack gate); otherwise a kill -9 in between would let an awake node get it twice.
+            self.store.after_commit(functools.partial(self._execute, actions))
+        else:
+            self._execute(actions)
         if self.observers:
             self._notify("broker_message", topic=topic, payload=payload, qos=qos, retain=retain)
 
@@ -273,18 +293,7 @@ class GatewayRuntime:
             if kind is SendFrame:
                 self._send(action.address, action.message)  # type: ignore[attr-defined]
             elif kind is PublishUpstream:
-                a: Any = action
-                upstream.publish(a.client_id, a.topic, a.payload, a.qos, a.retain, a.token)
-                if a.token is not None and self.store is not None:
-                    self.store.outbox_add(a)
-                if self.observers:
-                    self._notify(
-                        "publish_upstream",
-                        client_id=a.client_id,
-                        topic=a.topic,
-                        payload=a.payload,
-                        qos=a.qos,
-                    )
+                self._publish_upstream(action)  # type: ignore[arg-type]
             elif kind is SubscribeUpstream:
                 upstream.subscribe(action.client_id, action.topic_filter, action.qos)  # type: ignore[attr-defined]
             elif kind is UnsubscribeUpstream:
@@ -292,13 +301,27 @@ class GatewayRuntime:
             elif kind is Broadcast:
                 self._broadcast(action)  # type: ignore[arg-type]
             elif kind is OpenUpstreamSession:
-                a = action
+                a: Any = action
                 upstream.open_session(a.client_id, a.clean_session, a.will, a.keepalive)
             elif kind is CloseUpstreamSession:
                 upstream.close_session(action.client_id, action.fire_will)  # type: ignore[attr-defined]
         self._reschedule()
         if self.store is not None and self.core.dirty:
             self.store.changed()
+
+    def _publish_upstream(self, a: PublishUpstream) -> None:
+        assert self._upstream is not None
+        self._upstream.publish(a.client_id, a.topic, a.payload, a.qos, a.retain, a.token)
+        if a.token is not None and self.store is not None:
+            self.store.outbox_add(a)
+        if self.observers:
+            self._notify(
+                "publish_upstream",
+                client_id=a.client_id,
+                topic=a.topic,
+                payload=a.payload,
+                qos=a.qos,
+            )
 
     def _send(self, address: Hashable, message: Message, radius: int = 0) -> None:
         if self._held is not None:

@@ -14,6 +14,12 @@ disk, so only messages that entered or left it are written) and committed in one
 by a writer thread, so a slow SD card never stalls the loop. A change reaches the file within
 ``flush_interval`` plus the commit; ``kill -9`` inside that window loses that change.
 
+Broker acknowledgements wait for the disk (``ack_gate``, the bridge's ``Upstream.ack_gate``):
+a broker QoS 1 PUBLISH is acknowledged once what it changed is committed; for QoS 2 the packet
+id is saved in that same commit (table ``incoming_qos2``) and PUBREC leaves after it, so a
+PUBLISH the broker repeats after a crash is known and not delivered twice; PUBREL's removal of
+the id is committed before PUBCOMP, so a stale id can never hide the broker's next message.
+
 Uplink QoS 1/2 publishes are the exception, to keep the QoS 1 hot path off the disk: one is
 saved (outbox row, and its entry in the node's row) only once it has waited a whole interval
 for the broker. One acknowledged sooner (the usual case: a few milliseconds) is never written;
@@ -59,6 +65,7 @@ from gateway.store_db import (
     APPLICATION_ID,
     MEMORY,
     SCHEMA_VERSION,
+    BrokerAckGate,
     StoreError,
     _Batch,
     _disk_free,
@@ -73,6 +80,7 @@ __all__ = [
     "MEMORY",
     "SCHEMA_VERSION",
     "SHED_AT",
+    "BrokerAckGate",
     "OutboxEntry",
     "RestoredState",
     "StateStore",
@@ -160,6 +168,8 @@ class StateStore:
         self._shed_qos0 = False  # set by the writer after measuring the file
         self._last_logged: dict[str, float] = {}
         self._closed = False
+        #: ``Upstream.ack_gate``: acknowledgements after the commit; the bridge's Qos2Ledger.
+        self.ack_gate = BrokerAckGate(self.after_commit, self._reschedule)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -178,6 +188,7 @@ class StateStore:
             ).fetchall()
             outbox = self._read_outbox()
             saved = self._db.execute("SELECT value FROM meta WHERE key = 'saved_at'").fetchone()
+            qos2 = self._db.execute("SELECT connection, packet_id FROM incoming_qos2").fetchall()
         except sqlite3.DatabaseError as exc:
             raise StoreError(self.path, f"cannot be read ({exc})") from None
         sessions: dict[str, ClientSession] = {}
@@ -214,6 +225,9 @@ class StateStore:
         # An address shared by two saved sessions goes to the one heard from last.
         ordered = sorted(sessions.values(), key=lambda s: s.last_rx)
         saved_at = float(saved[0]) if saved else None
+        self.ack_gate.ids = {}
+        for connection, packet_id in qos2:
+            self.ack_gate.ids.setdefault(connection, set()).add(packet_id)
         _LOGGER.info(
             "state file %s: %d session(s), %d buffered message(s), %d unacknowledged "
             "publish(es) restored%s",
@@ -361,6 +375,9 @@ class StateStore:
 
     def _collect(self, everything: bool = False) -> _Batch:
         batch, self._pending = self._pending, _Batch()
+        gate = self.ack_gate
+        if gate.changes:  # with the sessions collected below: one commit (see the docstring)
+            batch.qos2, gate.changes = gate.changes, {}
         # Outbox entries held back last time and still unacknowledged are saved now; those
         # added since are held back in turn (see the module docstring).
         young = batch.added
@@ -451,31 +468,9 @@ class StateStore:
         """Commit one batch; returns it when it could not be saved (to be retried)."""
         db = self._db
         started = time.perf_counter()
-        rows = [(cid, data) for cid, data in batch.rows.items() if data is not None]
-        gone = [(cid,) for cid, data in batch.rows.items() if data is None]
         try:
             db.execute("BEGIN")
-            # DELETE then INSERT, not an UPSERT: the old row's pages are free for the new one
-            # within the transaction (an UPSERT needs room for both).
-            db.executemany("DELETE FROM sessions WHERE client_id = ?", [(c,) for c in batch.rows])
-            db.executemany("INSERT INTO sessions VALUES (?, ?)", rows)
-            db.executemany("DELETE FROM queue WHERE client_id = ? AND seq = ?", batch.unqueued)
-            db.executemany(
-                "INSERT OR REPLACE INTO queue VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (cid, seq, d.topic, d.payload, d.qos, d.retain)
-                    for (cid, seq), d in batch.queued.items()
-                ],
-            )
-            db.executemany("DELETE FROM queue WHERE client_id = ?", gone)
-            db.executemany("DELETE FROM outbox WHERE token = ?", [(t,) for t in batch.removed])
-            db.executemany(
-                "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (e.token, e.client_id, e.topic, e.payload, e.qos, e.retain)
-                    for e in batch.added.values()
-                ],
-            )
+            saved, gone = batch.apply(db)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('saved_at', ?)", (repr(time.time()),))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -501,18 +496,19 @@ class StateStore:
         self._shed_qos0 = shed
         counters = self.counters
         counters["saves"] += 1
-        counters["sessions_saved"] += len(rows)
-        counters["sessions_deleted"] += len(gone)
+        counters["sessions_saved"] += saved
+        counters["sessions_deleted"] += gone
         counters["buffer_rows_added"] += len(batch.queued)
         counters["buffer_rows_removed"] += len(batch.unqueued)
         counters["outbox_added"] += len(batch.added)
         counters["outbox_removed"] += len(batch.removed)
+        counters["qos2_ids_changed"] += len(batch.qos2)
         _LOGGER.debug(
             "state saved in %.1f ms: sessions +%d -%d, buffers +%d -%d (%d held), "
             "outbox +%d -%d, %d bytes used",
             (time.perf_counter() - started) * 1000,
-            len(rows),
-            len(gone),
+            saved,
+            gone,
             len(batch.queued),
             len(batch.unqueued),
             batch.buffered,

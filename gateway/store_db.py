@@ -1,5 +1,6 @@
-"""The state file's SQLite side: the schema, opening and checking the file, and the row changes
-one transaction writes (session rows, buffered messages diffed against what is on disk, outbox).
+"""The state file's SQLite side: the schema, opening and checking the file, the row changes
+one transaction writes (session rows, buffered messages diffed against what is on disk, outbox,
+broker QoS 2 packet ids), and the broker ack gate that feeds those ids into the next transaction.
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import operator
 import shutil
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -32,6 +33,14 @@ CREATE TABLE outbox (
     token INTEGER PRIMARY KEY, client_id TEXT, topic TEXT NOT NULL, payload BLOB NOT NULL,
     qos INTEGER NOT NULL, retain INTEGER NOT NULL
 );
+"""
+# Broker QoS 2 packet ids taken and not yet released, per broker connection (its client id).
+# Added after version 1 without a version change: created in older files when opened, and an
+# older gateway reading a newer file just does not see it.
+_QOS2_TABLE = """
+CREATE TABLE IF NOT EXISTS incoming_qos2 (
+    connection TEXT NOT NULL, packet_id INTEGER NOT NULL, PRIMARY KEY (connection, packet_id)
+) WITHOUT ROWID
 """
 
 _MOVE_ASIDE = (
@@ -70,13 +79,15 @@ def _merge(added: dict[Any, Any], removed: set[Any], more: dict[Any, Any], less:
 
 @dataclass(slots=True)
 class _Batch:
-    """One transaction: session rows (None: delete), buffered messages and outbox changes."""
+    """One transaction: session rows (None: delete), buffered messages, outbox changes and
+    broker QoS 2 packet ids (True: in use, False: released; the last change wins)."""
 
     rows: dict[str, str | None] = field(default_factory=dict)
     queued: dict[QueueKey, Delivery] = field(default_factory=dict)
     unqueued: set[QueueKey] = field(default_factory=set)
     added: dict[int, PublishUpstream] = field(default_factory=dict)  # the action, as is
     removed: set[int] = field(default_factory=set)
+    qos2: dict[tuple[str, int], bool] = field(default_factory=dict)
     buffered: int = 0  # messages buffered in the saved sessions (for the log)
 
     def then(self, later: _Batch) -> _Batch:
@@ -84,11 +95,99 @@ class _Batch:
         self.rows.update(later.rows)
         _merge(self.queued, self.unqueued, later.queued, later.unqueued)
         _merge(self.added, self.removed, later.added, later.removed)
+        self.qos2.update(later.qos2)
         self.buffered = later.buffered
         return self
 
+    def apply(self, db: sqlite3.Connection) -> tuple[int, int]:
+        """Execute the batch's row changes (in the caller's transaction); rows saved, deleted."""
+        rows = [(cid, data) for cid, data in self.rows.items() if data is not None]
+        gone = [(cid,) for cid, data in self.rows.items() if data is None]
+        # DELETE then INSERT, not an UPSERT: the old row's pages are free for the new one
+        # within the transaction (an UPSERT needs room for both).
+        db.executemany("DELETE FROM sessions WHERE client_id = ?", [(c,) for c in self.rows])
+        db.executemany("INSERT INTO sessions VALUES (?, ?)", rows)
+        db.executemany("DELETE FROM queue WHERE client_id = ? AND seq = ?", self.unqueued)
+        db.executemany(
+            "INSERT OR REPLACE INTO queue VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (cid, seq, d.topic, d.payload, d.qos, d.retain)
+                for (cid, seq), d in self.queued.items()
+            ],
+        )
+        db.executemany("DELETE FROM queue WHERE client_id = ?", gone)
+        db.executemany("DELETE FROM outbox WHERE token = ?", [(t,) for t in self.removed])
+        db.executemany(
+            "INSERT OR REPLACE INTO outbox VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (e.token, e.client_id, e.topic, e.payload, e.qos, e.retain)
+                for e in self.added.values()
+            ],
+        )
+        db.executemany(
+            "DELETE FROM incoming_qos2 WHERE connection = ? AND packet_id = ?",
+            [key for key, used in self.qos2.items() if not used],
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO incoming_qos2 VALUES (?, ?)",
+            [key for key, used in self.qos2.items() if used],
+        )
+        return len(rows), len(gone)
+
     def __bool__(self) -> bool:
-        return bool(self.rows or self.queued or self.unqueued or self.added or self.removed)
+        return bool(
+            self.rows or self.queued or self.unqueued or self.added or self.removed or self.qos2
+        )
+
+
+class BrokerAckGate:
+    """A state file's ``Upstream.ack_gate`` and the bridge's ``Qos2Ledger`` (bridge/base.py).
+
+    ``gate(send)`` runs ``send`` once everything changed so far is committed. QoS 2 packet ids
+    changed since the last save are collected by the store's next batch together with the
+    sessions, so an id is committed with the delivery it belongs to, before its PUBREC.
+    """
+
+    __slots__ = ("_after_commit", "_changed", "changes", "ids")
+
+    def __init__(
+        self, after_commit: Callable[[Callable[[], None]], None], changed: Callable[[], None]
+    ) -> None:
+        self._after_commit = after_commit
+        self._changed = changed  # schedules a save (an ack through the gate saves sooner)
+        self.ids: dict[str, set[int]] = {}  # connection -> ids in use (as loaded, then live)
+        self.changes: dict[tuple[str, int], bool] = {}  # not yet in a batch (see _Batch.qos2)
+
+    def __call__(self, send: Callable[[], None]) -> None:
+        self._after_commit(send)
+
+    def qos2_ids(self, connection_id: str) -> set[int]:
+        """Broker QoS 2 packet ids in use on ``connection_id`` (a copy)."""
+        return set(self.ids.get(connection_id, ()))
+
+    def qos2_received(self, connection_id: str, packet_id: int) -> bool:
+        """Mark the id in use (saved with what its delivery changes); False if it already was."""
+        ids = self.ids.setdefault(connection_id, set())
+        if packet_id in ids:
+            return False
+        ids.add(packet_id)
+        self.changes[connection_id, packet_id] = True
+        self._changed()
+        return True
+
+    def qos2_released(self, connection_id: str, packet_id: int) -> None:
+        """PUBREL (or a broker session gone) freed the id: delete it in the next commit."""
+        ids = self.ids.get(connection_id)
+        if ids is not None:
+            ids.discard(packet_id)
+            if not ids:
+                del self.ids[connection_id]
+        self.changes[connection_id, packet_id] = False
+        self._changed()
+
+    def __repr__(self) -> str:
+        in_use = sum(map(len, self.ids.values()))
+        return f"<BrokerAckGate qos2_ids={in_use} unsaved={len(self.changes)}>"
 
 
 class _Mirror:
@@ -275,6 +374,7 @@ def _check(db: sqlite3.Connection, path: str, max_bytes: int) -> None:
         problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
             raise StoreError(path, f"is damaged ({'; '.join(problems)})")
+    db.execute(_QOS2_TABLE)
     page = _page_size(db)
     db.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
     # Checkpoint (copy the WAL into the file) well before the WAL is a sizeable part of the cap.

@@ -409,7 +409,9 @@ class UdpTransport(Transport):
         )
         self._warnings = WarningLimiter(_LOGGER, warn_interval)
         self._addresses: dict[SockAddr, UdpAddress] = {}
-        self._scoped: dict[Hashable, SockAddr] = {}  # IPv6 link-local peers need scope_id
+        # The socket address of every peer heard from, to answer it without re-checking the
+        # address (and with its scope_id: IPv6 link-local peers need it).
+        self._peers: dict[Hashable, SockAddr] = {}
         self._deliver: FrameSink = _no_sink
         self._unicast: _Endpoint | None = None
         self._multicast: _Endpoint | None = None
@@ -553,10 +555,9 @@ class UdpTransport(Transport):
 
     def _sockaddr(self, address: Address) -> SockAddr | None:
         """The socket address to send ``address`` to, or None if sendto() could not take it."""
-        if self._scoped:
-            scoped = self._scoped.get(address)
-            if scoped is not None:
-                return scoped
+        known = self._peers.get(address)
+        if known is not None:
+            return known
         host = getattr(address, "host", None)
         port = getattr(address, "port", None)
         # asyncio turns any sendto() exception other than OSError into a fatal error that
@@ -644,11 +645,10 @@ class UdpTransport(Transport):
     def _intern(self, addr: SockAddr) -> UdpAddress:
         if len(self._addresses) >= _ADDRESS_CACHE_LIMIT:
             self._addresses.clear()
-            self._scoped.clear()
+            self._peers.clear()
         address = self._make_address(addr)
         self._addresses[addr] = address
-        if len(addr) == 4 and addr[3]:
-            self._scoped[address] = addr  # a link-local IPv6 peer: replies need its scope_id
+        self._peers[address] = addr if len(addr) == 4 and addr[3] else (addr[0], addr[1])
         return address
 
     @staticmethod

@@ -5,9 +5,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-__all__ = ["AckGate", "Upstream", "UpstreamEvents", "Will"]
+__all__ = ["AckGate", "Qos2Ledger", "Upstream", "UpstreamEvents", "Will"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,27 @@ class UpstreamEvents(Protocol):
 AckGate = Callable[[Callable[[], None]], None]
 
 
+@runtime_checkable
+class Qos2Ledger(Protocol):
+    """Packet ids of broker QoS 2 PUBLISHes taken and not yet released, kept across restarts.
+
+    An ``Upstream.ack_gate`` that is also a ledger (the state file's, ``StateStore.ack_gate``)
+    saves an id in the same commit as the delivery it belongs to, before the gate lets the
+    PUBREC out; so a PUBLISH the broker sends again after a ``kill -9`` is recognised and not
+    delivered twice (MQTT 5 §4.3.3, method B: the id is in use until PUBREL). Keyed by the
+    connection's MQTT client id: one per node in transparent mode, one shared in aggregating.
+    """
+
+    def qos2_ids(self, connection_id: str) -> set[int]:
+        """The ids in use on ``connection_id`` (a copy)."""
+
+    def qos2_received(self, connection_id: str, packet_id: int) -> bool:
+        """Mark ``packet_id`` in use; False when it already was (a repeat: not delivered again)."""
+
+    def qos2_released(self, connection_id: str, packet_id: int) -> None:
+        """PUBREL (or a session the broker no longer has) freed ``packet_id``."""
+
+
 class Upstream(ABC):
     """A bridge to one MQTT broker: aggregating (one connection) or transparent (one per node).
 
@@ -57,8 +78,9 @@ class Upstream(ABC):
     """
 
     #: Set by the runtime when a state file is on: the bridge hands each broker acknowledgement
-    #: (PUBACK/PUBREC for a broker PUBLISH) to the gate, which sends it once the message is
-    #: committed to disk, so nothing the broker was told we hold can be lost by a crash.
+    #: (PUBACK for a QoS 1 PUBLISH; PUBREC and PUBCOMP for QoS 2 when the gate is also a
+    #: ``Qos2Ledger``) to the gate, which sends it once the message is committed to disk, so
+    #: nothing the broker was told we hold can be lost by a crash.
     ack_gate: AckGate | None = None
 
     @abstractmethod

@@ -34,6 +34,7 @@ from typing import Any, cast
 
 import mqtt5
 
+from gateway.bridge.base import Qos2Ledger
 from gateway.bridge.connection import BrokerConnection, ConnectRefused, Props
 from gateway.bridge.url import BrokerSettings
 
@@ -59,6 +60,7 @@ _PUBLISH_BYTE = tuple(
     tuple(bytes((0x30 | qos << 1 | retain,)) for retain in (0, 1)) for qos in (0, 1, 2)
 )
 _ONE_BYTE_LENGTH = tuple(bytes((n,)) for n in range(128))
+_QOS0_BYTE = _PUBLISH_BYTE[0][0]
 #: Cached (topic bytes, property bytes) pairs per connection, at most (then started over).
 _MIDDLES_MAX = 10_000
 
@@ -100,7 +102,8 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
         self._quota = settings.max_inflight
         self._next_id = 1
         self._pending_acks: dict[int, list[str]] = {}
-        self._incoming_qos2: set[int] = set()
+        self._incoming_qos2: set[int] = set()  # broker QoS 2 ids until PUBREL, without a ledger
+        self._qos2_ledger = _qos2_ledger(handler)  # with a state file: see _on_publish
         self._connack: asyncio.Future[mqtt5.ConnAckPacket | None] | None = None
         self._lost_future: asyncio.Future[int] | None = None
         self._connect_clean = True
@@ -113,7 +116,8 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
         self._max_packet: int | None = None
         self._max_qos = 2
         self._retain_available = True
-        self._middles: dict[object, tuple[bytes, bytes]] = {}  # see the module docstring
+        # (topic, properties, both joined: a QoS 0 PUBLISH has no packet id between them)
+        self._middles: dict[object, tuple[bytes, bytes, bytes]] = {}  # see the module docstring
 
     @property
     def inflight(self) -> int:
@@ -178,6 +182,10 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
             for pid in [pid for pid, entry in self._inflight.items() if entry.released]:
                 del self._inflight[pid]
             self._incoming_qos2.clear()
+            ledger = self._qos2_ledger
+            if ledger is not None:  # a new session at the broker: no saved id is in use
+                for pid in ledger.qos2_ids(self.client_id):
+                    ledger.qos2_released(self.client_id, pid)
         for entry in self._inflight.values():
             entry.sent = False
         self._resend = deque(self._inflight)
@@ -212,6 +220,45 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
     def _writable(self) -> bool:
         return not self._paused and len(self._wbuf) < _MAX_BATCH
 
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        token: int | None,
+        props: Props | None = None,
+    ) -> None:
+        """As ``BrokerConnection.publish``, with the commonest case written out here.
+
+        Every QoS 0 uplink message passes here: on a connection taking writes, a topic seen
+        before and no retain, the packet is framed around its cached topic and property
+        bytes and queued without further calls (tests/bench/RESULTS.md). The rest goes the
+        general way.
+        """
+        if qos or retain or not self._up or self._paused or len(self._wbuf) >= _MAX_BATCH:
+            super().publish(topic, payload, qos, retain, token, props)
+            return
+        middle = self._middles.get((topic, *props) if props else topic)
+        if middle is None:
+            self._send_publish(topic, payload, 0, False, None, props)
+            return
+        size = len(middle[2]) + len(payload)
+        packet = b"".join(
+            (
+                _QOS0_BYTE,
+                _ONE_BYTE_LENGTH[size] if size < 128 else _varint(size),
+                middle[2],
+                payload,
+            )
+        )
+        if self._max_packet is not None and len(packet) > self._max_packet:
+            self._send_publish(topic, payload, 0, False, None, props)  # says so, drops it
+            return
+        self._wbuf.append(packet)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop_or_raise().call_soon(self._flush)
+
     def _send_publish(
         self,
         topic: str,
@@ -234,7 +281,7 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
                 _LOGGER.error("%s: cannot encode PUBLISH to %r: %s", self.client_id, topic, exc)
                 self._call_soon(self._report, token, False)
                 return
-        name, properties = middle
+        name, properties, _ = middle
         if qos == 0:
             pid = 0
             size = len(name) + len(properties) + len(payload)
@@ -261,7 +308,7 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
             self._on_wire += 1
         self._write(packet)
 
-    def _middle(self, key: object, topic: str, props: Props | None) -> tuple[bytes, bytes]:
+    def _middle(self, key: object, topic: str, props: Props | None) -> tuple[bytes, bytes, bytes]:
         """Topic and property bytes of a PUBLISH, from the codec (which validates them)."""
         packet = mqtt5.PublishPacket(topic, b"", user_properties=props).write()
         start = 2
@@ -270,7 +317,8 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
         name_end = start + 2 + (packet[start] << 8 | packet[start + 1])
         if len(self._middles) >= _MIDDLES_MAX:
             self._middles.clear()
-        middle = self._middles[key] = (packet[start:name_end], packet[name_end:])
+        name, properties = packet[start:name_end], packet[name_end:]
+        middle = self._middles[key] = (name, properties, name + properties)
         return middle
 
     def _send_subscribe(self, filters: list[tuple[str, int]]) -> None:
@@ -379,6 +427,13 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
         read = mqtt5.read
         try:
             while offset < size:
+                if buf[offset] == 0x40 and offset + 4 <= size and buf[offset + 1] == 2:
+                    # A PUBACK "success" without properties (MQTT 5 §3.4.2.1), one per QoS 1
+                    # uplink message: read here, as the codec's packet object and its enum
+                    # cost more than the rest of the acknowledgement (tests/bench/RESULTS.md).
+                    self._on_puback(buf[offset + 2] << 8 | buf[offset + 3], 0)
+                    offset += 4
+                    continue
                 try:
                     packet, used = read(view[offset:])
                 except IndexError:
@@ -406,7 +461,7 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
     def _handle(self, packet: mqtt5.Packet) -> None:
         match packet:
             case mqtt5.PubAckPacket():
-                self._on_puback(packet)
+                self._on_puback(packet.packet_id, int(packet.reason_code))
             case mqtt5.PublishPacket():
                 self._on_publish(packet)
             case mqtt5.PubRecPacket():
@@ -419,8 +474,7 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
                     self._on_wire -= 1
                     self._pump()
             case mqtt5.PubRelPacket():
-                self._incoming_qos2.discard(packet.packet_id)
-                self._write(_PUBCOMP + packet.packet_id.to_bytes(2, "big"))
+                self._on_pubrel(packet.packet_id)
             case mqtt5.SubAckPacket() | mqtt5.UnsubAckPacket():
                 self._on_suback(packet)
             case mqtt5.PingRespPacket():
@@ -450,19 +504,22 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
                 )
                 self._abort()
 
-    def _on_puback(self, packet: mqtt5.PubAckPacket) -> None:
-        entry = self._inflight.pop(packet.packet_id, None)
+    def _on_puback(self, pid: int, code: int) -> None:
+        entry = self._inflight.pop(pid, None)
         if entry is None or entry.released:
-            _LOGGER.warning("%s: unsolicited PUBACK %d", self.client_id, packet.packet_id)
+            _LOGGER.warning("%s: unsolicited PUBACK %d", self.client_id, pid)
             if entry is not None:
-                self._inflight[packet.packet_id] = entry
+                self._inflight[pid] = entry
             return
         if entry.sent:
             self._on_wire -= 1
-        code = packet.reason_code
-        ok = int(code) < 0x80
+        ok = code < 0x80
         if not ok:
-            _LOGGER.warning("%s: broker rejected a publish: %s", self.client_id, code.name)
+            _LOGGER.warning(
+                "%s: broker rejected a publish: %s",
+                self.client_id,
+                mqtt5.PubAckReasonCode(code).name,
+            )
         self._report(entry.token, ok)
         if self._outbox or self._resend:
             self._pump()
@@ -510,13 +567,37 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
             self._deliver(packet.topic, packet.payload, 1, packet.retain, filters)
             self._ack(_PUBACK + pid.to_bytes(2, "big"))
             return
-        # QoS 2, method B: deliver on PUBLISH, remember the id until PUBREL (MQTT 5 §4.3.3).
+        # QoS 2, method B: deliver on PUBLISH, the id is in use until PUBREL (MQTT 5 §4.3.3):
+        # a repeat (DUP, also after our restart when the id is in the state file) is not
+        # delivered again. With a ledger, the id is committed with what the delivery changed
+        # (a sleeping node's buffer) before PUBREC leaves; a kill -9 before that commit leaves
+        # the broker without PUBREC, so it sends the PUBLISH again: exactly once across the
+        # crash for what the gateway holds. Without a ledger PUBREC goes at once.
+        ledger = self._qos2_ledger
+        if ledger is not None:
+            if ledger.qos2_received(self.client_id, pid):
+                self._deliver(packet.topic, packet.payload, 2, packet.retain, filters)
+            self._ack(_PUBREC + pid.to_bytes(2, "big"))
+            return
         if pid not in self._incoming_qos2:
             self._incoming_qos2.add(pid)
             self._deliver(packet.topic, packet.payload, 2, packet.retain, filters)
-        # Not gated: after a crash the broker would resend it and, without its packet id on
-        # disk, the message would be delivered twice, which QoS 2 forbids.
         self._write(_PUBREC + pid.to_bytes(2, "big"))
+
+    def _on_pubrel(self, pid: int) -> None:
+        """Free a broker QoS 2 id and answer PUBCOMP (also for an id we do not know: idempotent).
+
+        With a ledger, PUBCOMP waits until the id's removal is committed: the broker may reuse
+        the id once it has PUBCOMP, and a stale id left on disk by a crash would then hide that
+        new message. A crash before the commit: the broker repeats PUBREL after reconnecting.
+        """
+        ledger = self._qos2_ledger
+        if ledger is None:
+            self._incoming_qos2.discard(pid)
+            self._write(_PUBCOMP + pid.to_bytes(2, "big"))
+            return
+        ledger.qos2_released(self.client_id, pid)
+        self._ack(_PUBCOMP + pid.to_bytes(2, "big"))
 
     def _on_suback(self, packet: mqtt5.SubAckPacket | mqtt5.UnsubAckPacket) -> None:
         filters = self._pending_acks.pop(packet.packet_id, None)
@@ -548,10 +629,11 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
         return pid
 
     def _ack(self, data: bytes) -> None:
-        """Acknowledge a broker QoS 1 PUBLISH, through the owner's durability gate if it has one.
+        """Acknowledge a broker PUBLISH (PUBACK; PUBREC, PUBCOMP with a ledger) through the
+        owner's durability gate, if it has one.
 
-        After a crash the broker delivers again what was not acknowledged: at least once, as
-        QoS 1 allows.
+        After a crash the broker delivers again what was not acknowledged: QoS 1 at least once,
+        as QoS 1 allows; QoS 2 exactly once, thanks to the ledger (see ``_on_publish``).
         """
         gate = getattr(self.handler, "ack_gate", None)
         if gate is None:
@@ -610,6 +692,12 @@ class Mqtt5Connection(BrokerConnection, asyncio.Protocol):
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
+
+
+def _qos2_ledger(handler: object) -> Qos2Ledger | None:
+    """The owner's ack gate when it also keeps broker QoS 2 ids (a state file's), else None."""
+    gate = getattr(handler, "ack_gate", None)
+    return gate if isinstance(gate, Qos2Ledger) else None
 
 
 def _will(topic: str, payload: bytes, qos: int, retain: bool) -> mqtt5.Will:

@@ -15,6 +15,18 @@ down quadratically with many pending QoS 1 publishes. We drive paho as aiomqtt d
 Differences from the MQTT 5 path: QoS 2 is reported after PUBCOMP (paho reports nothing at
 PUBREC); no user properties; a will is published on ``close_session(fire_will=True)`` by closing
 the TCP connection without DISCONNECT; paho re-sends unacknowledged publishes with DUP itself.
+
+Broker messages are acknowledged by us (paho's manual acks), through the owner's ack gate when
+it has one (a state file: the ack leaves once the delivery is committed). What that gives:
+
+* QoS 1: PUBACK after the commit, as on the MQTT 5 path: nothing taken is lost by ``kill -9``,
+  at least once (the broker repeats what was not acknowledged).
+* QoS 2: paho answers PUBREC itself on receipt and keeps the message in memory until PUBREL
+  (MQTT 3.1.1 §4.3.3, method A): only then do we see it. So exactly-once cannot be kept across a
+  crash: a message taken in the last round trip before ``kill -9`` (PUBREC sent, PUBREL not yet
+  handled), or delivered but not yet committed, is lost, because the broker then only repeats
+  PUBREL. It is never delivered twice. PUBCOMP goes through the gate, which at least commits at
+  once instead of within the 50 ms batch. MQTT 5 (the default) keeps QoS 2 exactly once.
 """
 
 from __future__ import annotations
@@ -48,17 +60,36 @@ def _ssl_context(settings: BrokerSettings) -> ssl.SSLContext | None:
     return settings.ssl_context()
 
 
+class _Client(paho.Client):
+    """paho's client, answering a PUBREL for a message it does not hold.
+
+    With manual acks, paho 2.x leaves PUBCOMP to ``ack()``, which we call only for messages it
+    delivers; a PUBREL the broker repeats after our restart (the message died with the old
+    process) would go unanswered and its packet id stay in use at the broker for good.
+    """
+
+    def _handle_pubrel(self) -> MQTTErrorCode:
+        mid = int.from_bytes(self._in_packet["packet"][:2], "big")
+        with self._in_message_mutex:
+            held = mid in self._in_messages
+        rc = super()._handle_pubrel()
+        if held or rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return rc
+        return self._send_pubcomp(mid)  # MQTT 3.1.1 §4.3.3: PUBCOMP for every PUBREL
+
+
 class PahoConnection(BrokerConnection):
     """An MQTT 3.1.1 broker connection through paho-mqtt; see the module docstring."""
 
     def __init__(self, settings: BrokerSettings, client_id: str, handler: Any, **options: Any):
         super().__init__(settings, client_id, handler, **options)
-        client = paho.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=self._clean_next or self._session_expiry == 0,
             protocol=MQTTProtocolVersion.MQTTv311,
             reconnect_on_failure=False,
+            manual_ack=True,  # see the module docstring
         )
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
@@ -84,6 +115,7 @@ class PahoConnection(BrokerConnection):
         self._misc_timer: asyncio.TimerHandle | None = None
         self._connack: asyncio.Future[tuple[bool, int, str]] | None = None
         self._lost_future: asyncio.Future[int] | None = None
+        self._generation = 0  # connections lost so far: an ack belongs to its connection
 
     @property
     def inflight(self) -> int:
@@ -197,6 +229,7 @@ class PahoConnection(BrokerConnection):
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         self._up = False
+        self._generation += 1
         self._detach()
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(ConnectionError("broker closed the connection"))
@@ -219,6 +252,23 @@ class PahoConnection(BrokerConnection):
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._deliver(message.topic, bytes(message.payload), message.qos, bool(message.retain))
+        if message.qos:
+            self._ack(message.mid, message.qos)  # PUBACK, or PUBCOMP after PUBREL (QoS 2)
+
+    def _ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a broker PUBLISH through the owner's durability gate, if it has one."""
+        gate = getattr(self.handler, "ack_gate", None)
+        if gate is None:
+            self._client.ack(mid, qos)
+            return
+        generation = self._generation
+
+        def send() -> None:
+            # Only on the connection the PUBLISH came on: after a reconnect the broker resends.
+            if self._generation == generation and self._fd is not None:
+                self._client.ack(mid, qos)
+
+        gate(send)
 
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any

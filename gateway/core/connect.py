@@ -49,6 +49,8 @@ class ConnectMixin:
     access: AccessControl
     admission: Admission
     _aggregating: bool
+    _reject_in_outage: bool
+    broker_up: bool
 
     # Provided by GatewayCore.
     def _session_at(self, address: Hashable) -> ClientSession | None: ...  # pragma: no cover
@@ -92,6 +94,12 @@ class ConnectMixin:
             # an invalid PUBLISH and the broker would close the (shared) connection.
             self.counters["connect_refused_client_id"] += 1
             out.append(SendFrame(address, Connack(ReturnCode.REJECTED_NOT_SUPPORTED)))
+            return
+        if self._reject_in_outage and not self.broker_up and self._aggregating:
+            # [mqttsn] outage-policy = "reject": back off for T_WAIT [§6.6] while the broker
+            # is away (transparent mode: the node's own broker connection answers instead).
+            self.counters["connect_refused_outage"] += 1
+            out.append(SendFrame(address, Connack(ReturnCode.REJECTED_CONGESTION)))
             return
         session = self.sessions.get(msg.client_id)
         if session is None:

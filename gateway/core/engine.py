@@ -114,6 +114,9 @@ class GatewayCore(DeliveryMixin, ConnectMixin, UplinkMixin):
         self._gwinfo_checked = 0.0
         self._predefined_by_name = {name: tid for tid, name in s.predefined.items()}
         self._aggregating = s.mode is Mode.AGGREGATING
+        template = s.uplink_topic_template
+        self._topic_template = None if template == "{topic}" else template  # None: as named
+        self._reject_in_outage = s.outage_policy == "reject"
         # ClientIds whose kept state changed since the state file last took them (None: no
         # state file, nothing tracked). A QoS 0/-1 PUBLISH from a node never lands here.
         self.dirty: set[str] | None = None
@@ -152,8 +155,9 @@ class GatewayCore(DeliveryMixin, ConnectMixin, UplinkMixin):
             self.counters[f"ignored_{type(message).__name__}"] += 1
             return out
         dirty = self.dirty
-        if dirty is None or (type(message) is Publish and message.qos <= 0):
-            handler(address, message, now, out)  # the hot path: nothing kept changes
+        if dirty is None or type(message) is Publish:
+            # A node's PUBLISH marks its session itself, and only at QoS 2 (publish_fields).
+            handler(address, message, now, out)
             return out
         handler(address, message, now, out)
         client_id = self.by_address.get(address)  # bound by CONNECT / PINGREQ(ClientId) too
@@ -168,12 +172,14 @@ class GatewayCore(DeliveryMixin, ConnectMixin, UplinkMixin):
         if entry is None:
             return out
         client_id, msg_id = entry
-        if self.dirty is not None:
-            self.dirty.add(client_id)
         session = self.sessions.get(client_id)
         pending = session.uplink.get(msg_id) if session else None
         if session is None or pending is None or pending.token != token:
             return out
+        if self.dirty is not None and (pending.qos == 2 or not ok):
+            # A QoS 1 entry done needs no write: the node's row never held it, or the loader
+            # drops it with the outbox row that outbox_done removes (store.py).
+            self.dirty.add(client_id)
         if not ok:
             # Never tell a node "accepted" for what the broker did not take [§6.6: congestion].
             del session.uplink[msg_id]
@@ -370,8 +376,8 @@ class GatewayCore(DeliveryMixin, ConnectMixin, UplinkMixin):
         return token
 
     def _uplink_topic(self, client_id: str, topic: str) -> str:
-        template = self.settings.uplink_topic_template
-        if template == "{topic}":
+        template = self._topic_template
+        if template is None:
             return topic
         return template.format(client_id=client_id, topic=topic)
 

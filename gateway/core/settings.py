@@ -47,6 +47,12 @@ class CoreSettings:
         max_connecting: sessions half-open (CONNECTING) at once; beyond it CONNACK
             "rejected: congestion".
         access: the allow-list and topic rules (``[access]``); the default allows everything.
+        outage_policy: what nodes hear while the gateway's broker connection is down.
+            ``"buffer"``: QoS 1/2 publishes wait in the bounded, persistent outbox and are
+            acknowledged once the broker took them (QoS 0 is dropped and counted).
+            ``"reject"``: QoS 1/2 publishes get PUBACK "rejected: congestion" at once, and a
+            CONNECT (aggregating mode) CONNACK "rejected: congestion", so nodes back off for
+            T_WAIT and retry [§6.6] instead of waiting on the gateway.
     """
 
     gw_id: int = 1
@@ -72,6 +78,7 @@ class CoreSettings:
     connect_burst: int = 10
     max_connecting: int = 1_000
     access: AccessPolicy = field(default_factory=AccessPolicy)
+    outage_policy: str = "buffer"
 
     def __post_init__(self) -> None:
         if not 0 <= self.gw_id <= 255:
@@ -91,6 +98,10 @@ class CoreSettings:
             raise ValueError("connect_burst and max_connecting must be >= 1")
         if self.t_retry <= 0 or self.n_retry < 0:
             raise ValueError("t_retry must be > 0 and n_retry >= 0")
+        if self.outage_policy not in ("buffer", "reject"):
+            raise ValueError(
+                f'outage_policy must be "buffer" or "reject", got {self.outage_policy!r}'
+            )
         if "{topic}" not in self.uplink_topic_template:
             raise ValueError("uplink_topic_template must contain {topic}")
         try:

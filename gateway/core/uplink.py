@@ -49,6 +49,8 @@ _MAX_UPLINK_PENDING = 32  # QoS 1/2 from one node awaiting the broker (spec allo
 # Enum members as module constants: ``QoS.AT_MOST_ONCE`` is a ~0.2 us lookup in Python 3.11.
 _QOS_0 = QoS.AT_MOST_ONCE
 _QOS_MINUS_ONE = QoS.MINUS_ONE
+_QOS_2 = QoS.EXACTLY_ONCE
+_NORMAL = TopicIdType.NORMAL
 
 
 class UplinkMixin:
@@ -61,6 +63,10 @@ class UplinkMixin:
     counters: Counter[str]
     access: AccessControl
     _aggregating: bool
+    _topic_template: str | None
+    _reject_in_outage: bool
+    dirty: set[str] | None
+    broker_up: bool
 
     # Provided by GatewayCore.
     def _send(
@@ -98,7 +104,67 @@ class UplinkMixin:
             return
         self._send(session, Regack(topic_id, msg.msg_id, ReturnCode.ACCEPTED), out)
 
+    def publish_fields(
+        self,
+        address: Hashable,
+        qos: QoS,
+        topic_id_type: TopicIdType,
+        retain: bool,
+        topic_id: int,
+        msg_id: int,
+        data: bytes,
+        now: float,
+    ) -> PublishUpstream | None:
+        """Accept a node's PUBLISH given as fields, or None (nothing changed) for any other case.
+
+        The uplink hot path (the runtime calls it with ``codec.peek_publish``'s fields, no
+        ``Publish`` built) and the accepting half of ``_on_publish``: a connected session, a
+        known topic it may publish to, and for QoS 1/2 a new MsgId within the bound. Whatever
+        needs an answer to the node, or is QoS -1, is left to ``_on_publish``.
+        """
+        client_id = self.by_address.get(address)
+        if client_id is None:
+            return None
+        session = self.sessions.get(client_id)
+        if session is None or session.state not in _CONNECTED or qos is _QOS_MINUS_ONE:
+            return None
+        registry = session.registry
+        if topic_id_type is _NORMAL:
+            topic = registry.by_id.get(topic_id)
+        else:
+            topic = registry.resolve(topic_id_type, topic_id)
+        if topic is None:
+            return None
+        access = self.access
+        if access.restricted_topics and not access.may_publish(client_id, topic):
+            return None
+        if self._topic_template is not None:
+            topic = self._uplink_topic(client_id, topic)
+        if qos is _QOS_0:
+            session.last_rx = now
+            return PublishUpstream(client_id, topic, data, 0, retain)
+        uplink = session.uplink
+        if msg_id in uplink or len(uplink) >= _MAX_UPLINK_PENDING:
+            return None
+        if self._reject_in_outage and not self.broker_up:
+            return None
+        session.last_rx = now
+        token = self._new_token(client_id, msg_id)
+        uplink[msg_id] = UplinkPending(msg_id, topic_id, int(qos), token=token)
+        if self.dirty is not None and qos is _QOS_2:
+            # QoS 1 needs no row of its own: the state file saves the node's row with the
+            # entry only if the broker has not acknowledged it within an interval (store.py).
+            self.dirty.add(client_id)
+        return PublishUpstream(client_id, topic, data, int(qos), retain, token)
+
     def _on_publish(self, address: Hashable, msg: Publish, now: float, out: list[Action]) -> None:
+        accepted = self.publish_fields(
+            address, msg.qos, msg.topic_id_type, msg.retain, msg.topic_id, msg.msg_id, msg.data, now
+        )
+        if accepted is not None:
+            out.append(accepted)
+            return
+        # Not accepted as it is: say why to the node, or drop and count.
         client_id = self.by_address.get(address)
         session = self.sessions.get(client_id) if client_id is not None else None
         qos = msg.qos
@@ -128,10 +194,6 @@ class UplinkMixin:
                 session, Puback(msg.topic_id, msg.msg_id, ReturnCode.REJECTED_NOT_SUPPORTED), out
             )
             return
-        upstream_topic = self._uplink_topic(session.client_id, topic)
-        if qos is _QOS_0:
-            out.append(PublishUpstream(session.client_id, upstream_topic, msg.data, 0, msg.retain))
-            return
         pending = session.uplink.get(msg.msg_id)
         if pending is not None:
             # A retransmission (DUP) of what the broker is still taking, or a QoS 2 the broker
@@ -140,18 +202,11 @@ class UplinkMixin:
             if pending.acked:
                 self._send(session, Pubrec(msg.msg_id), out)
             return
-        if len(session.uplink) >= _MAX_UPLINK_PENDING:
-            self._send(
-                session, Puback(msg.topic_id, msg.msg_id, ReturnCode.REJECTED_CONGESTION), out
-            )
-            return
-        token = self._new_token(session.client_id, msg.msg_id)
-        session.uplink[msg.msg_id] = UplinkPending(msg.msg_id, msg.topic_id, int(qos), token=token)
-        out.append(
-            PublishUpstream(
-                session.client_id, upstream_topic, msg.data, int(qos), msg.retain, token
-            )
-        )
+        # Congestion [§6.6]: too many in the broker's hands, or the broker away and the
+        # outage policy "reject": the node waits T_WAIT and sends it again.
+        if len(session.uplink) < _MAX_UPLINK_PENDING:
+            self.counters["uplink_refused_outage"] += 1
+        self._send(session, Puback(msg.topic_id, msg.msg_id, ReturnCode.REJECTED_CONGESTION), out)
 
     def _publish_minus_one(
         self, session: ClientSession | None, msg: Publish, out: list[Action]

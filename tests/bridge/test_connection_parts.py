@@ -88,9 +88,52 @@ async def test_publish_framing_is_the_codecs_byte_for_byte(
     connection._inflight.clear()
 
 
+@pytest.mark.parametrize("size", [0, 32, 127 - 40, 200, 20_000])
+@pytest.mark.parametrize("props", [None, [("mqttsn-client-id", "node-7")]])
+async def test_inlined_qos0_publish_is_the_codecs_byte_for_byte(
+    size: int, props: list[tuple[str, str]] | None
+) -> None:
+    """``publish``'s own QoS 0 framing (a topic seen before) equals mqtt5's encoding."""
+    connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", _Handler())
+    connection._up = True  # as after CONNACK; nothing is written to a socket here
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for topic in ("a/b", "sensors/é/température"):
+        for _ in range(2):  # the first caches the topic, the second takes the inlined path
+            connection._wbuf.clear()
+            connection.publish(topic, payload, 0, False, None, props)
+            (packet,) = connection._wbuf
+            assert packet == mqtt5.PublishPacket(topic, payload, user_properties=props).write()
+    connection._max_packet = 64  # the broker's Maximum Packet Size still holds on that path
+    connection._wbuf.clear()
+    connection.publish("a/b", b"x" * 100, 0, False, None, props)
+    assert connection._wbuf == []
+
+
 async def test_publish_to_an_invalid_topic_is_refused_not_cached() -> None:
     """The codec still validates the first PUBLISH to a topic: a wildcard is reported failed."""
     handler = _Handler()
     connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", handler)
     connection._send_publish("a/#", b"x", 1, False, 9, None)
     assert connection._wbuf == [] and connection._middles == {}
+
+
+async def test_pubacks_read_by_hand_and_by_the_codec_report_alike() -> None:
+    """Short "success" PUBACKs (read by hand), one split across reads, and a PUBACK with a
+    reason code (read by the codec) each report their publish once, in order."""
+    handler = _Handler()
+    connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", handler)
+    connection._up = True
+    connection._next_id = 0x1FF  # ids with both bytes in use
+    for token in (11, 12, 13, 14):
+        connection.publish("a/b", b"x", 1, False, token)
+    pids = list(connection._inflight)
+    acks = [mqtt5.PubAckPacket(pid).write() for pid in pids[:3]]
+    assert all(len(ack) == 4 for ack in acks)  # the short form Mosquitto sends
+    refused = mqtt5.PubAckPacket(pids[3], reason_code=mqtt5.PubAckReasonCode.QUOTA_EXCEEDED)
+    stream = b"".join(acks) + refused.write()
+    connection.data_received(stream[:6])  # one PUBACK and half of the next
+    assert handler.done_order == [11]
+    connection.data_received(stream[6:])
+    assert handler.done_order == [11, 12, 13, 14]
+    assert handler.done == {11: True, 12: True, 13: True, 14: False}
+    assert connection._inflight == {} and connection._rbuf == b""

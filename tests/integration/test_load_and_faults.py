@@ -10,6 +10,8 @@ import socket
 
 import pytest
 
+from firmware_sim.node import ConnectRefused, RequestRejected
+from gateway.protocol.constants import ReturnCode
 from tests.integration.conftest import sim_node, wait_for
 from tests.mosquitto import MosquittoBroker
 
@@ -154,3 +156,30 @@ async def test_ipv6_node(mosquitto, observe, unique_topic, family):
             await node.connect()
             await node.publish(f"{unique_topic}/v6", b"six", qos=1)
         assert await observer.wait_count(f"{unique_topic}/v6", 1) == [b"six"]
+
+
+async def test_outage_policy_reject_tells_nodes_to_back_off(
+    start_gateway, private_mosquitto, unique_topic
+):
+    """``outage-policy = "reject"`` end to end: with Mosquitto stopped a QoS 1 PUBLISH and a
+    new CONNECT are answered "rejected: congestion" at once; once it is back both go through."""
+    gateway = await start_gateway(private_mosquitto, mqttsn={"outage-policy": "reject"})
+    topic = f"{unique_topic}/up"
+    async with sim_node(gateway, "early") as node:
+        await node.connect(keepalive=60)
+        await node.register(topic)
+        private_mosquitto.stop()
+        await wait_for(lambda: not gateway.upstream.connected, 10, "the broker is gone")
+        with pytest.raises(RequestRejected) as refused:
+            await node.publish(topic, b"v", qos=1)
+        assert refused.value.return_code is ReturnCode.REJECTED_CONGESTION
+        async with sim_node(gateway, "late") as late:
+            with pytest.raises(ConnectRefused) as info:
+                await late.connect(keepalive=60)
+            assert info.value.return_code is ReturnCode.REJECTED_CONGESTION
+            private_mosquitto.start()
+            await wait_for(lambda: gateway.upstream.connected, 15, "the broker is back")
+            await node.publish(topic, b"v", qos=1)  # accepted: acknowledged by the broker
+            await late.connect(keepalive=60)
+    assert gateway.core.counters["uplink_refused_outage"] == 1
+    assert gateway.core.counters["connect_refused_outage"] == 1

@@ -37,10 +37,24 @@ def test_qos0_uplink_and_downlink_mark_nothing() -> None:
     assert d.core.dirty == set()
 
 
-def test_qos1_uplink_marks_the_node_twice() -> None:
-    """A QoS 1 PUBLISH marks the node; the broker's acknowledgement marks it again."""
+def test_qos1_uplink_leaves_the_row_alone() -> None:
+    """A QoS 1 PUBLISH and the broker's acknowledgement do not mark the node: its row gets the
+    entry only if the broker has not acknowledged it within an interval (store.py), and the
+    loader drops an entry whose outbox row is gone."""
     d = tracked()
     out = d.rx(A1, Publish(1, b"x", Q1, 5), 1.0)
+    assert d.core.dirty == set()
+    token = next(a.token for a in out if isinstance(a, PublishUpstream))
+    assert token is not None and 5 in d.session("n1").uplink
+    d.done(token, True, 1.1)
+    assert d.core.dirty == set()
+
+
+def test_qos2_uplink_marks_the_node_twice() -> None:
+    """QoS 2 marks the node at the PUBLISH and again at the broker's acknowledgement: after
+    the PUBREC the entry must survive a restart, or a repeated PUBLISH would go out twice."""
+    d = tracked()
+    out = d.rx(A1, Publish(1, b"x", QoS.EXACTLY_ONCE, 5), 1.0)
     assert d.core.dirty == {"n1"}
     d.core.dirty.clear()
     token = next(a.token for a in out if isinstance(a, PublishUpstream))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import aiomqtt
@@ -196,3 +197,46 @@ async def test_broker_messages_are_acknowledged_only_once_on_disk(
         woken = await node.wake()
         payloads = {m.payload for m in woken}
         assert payloads == {p for p, _ in burst} | {b"while-down"}
+
+
+async def test_awake_node_hears_broker_qos2_only_after_the_commit(
+    mosquitto, gateway_with_state, unique_topic, tmp_path: Path
+):
+    """A broker QoS 2 message reaches an active node only once the state file committed it
+    (with its packet id): a kill -9 before that cannot make the broker's redelivery a second
+    copy at the node. QoS 1 is not held back (a duplicate is allowed there)."""
+    topic = f"{unique_topic}/cmd"
+    runtime = await gateway_with_state(mosquitto, tmp_path / "state.sqlite")
+    store = runtime.store
+    assert store is not None
+    release = threading.Event()
+    write = store._write
+
+    def slow_write(batch):  # the writer thread: the disk is slow until released
+        release.wait(10)
+        return write(batch)
+
+    store._write = slow_write  # type: ignore[method-assign]
+    try:
+        async with sim_node(runtime, "awake") as node:
+            await node.connect(keepalive=60)
+            await node.subscribe(topic, qos=2)
+            got: list[tuple[bytes, int]] = []
+
+            async def collect() -> None:
+                async for message in node.messages():
+                    got.append((message.payload, message.qos))
+
+            collector = asyncio.create_task(collect())
+            await publish_at_broker(mosquitto, topic, (b"q2", 2))
+            await asyncio.sleep(0.5)
+            assert got == []  # taken from the broker, held until committed
+            release.set()
+            await wait_for(lambda: got == [(b"q2", 2)], 5, "delivered after the commit")
+            release.clear()
+            await publish_at_broker(mosquitto, topic, (b"q1", 1))
+            await wait_for(lambda: len(got) == 2, 5, "QoS 1 while the disk is still slow")
+            assert got[1] == (b"q1", 1)
+            collector.cancel()
+    finally:
+        release.set()
