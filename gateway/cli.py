@@ -180,10 +180,10 @@ def _setup_logging(level: str) -> None:
 def _run_async(coro: Any) -> int:
     try:
         import uvloop
-
-        return int(uvloop.run(coro))
     except ImportError:  # pragma: no cover - uvloop is a dependency; stdlib loop still works
         return int(asyncio.run(coro))
+    # Outside the try: an ImportError raised by the gateway itself must show as such.
+    return int(uvloop.run(coro))
 
 
 async def _run(config: GatewayConfig) -> int:

@@ -63,9 +63,16 @@ async def gateway_with_state() -> AsyncIterator[Callable[..., Any]]:
 class GatewayProcess:
     """``python -m gateway run ... --state FILE`` as a child process, its log collected."""
 
-    def __init__(self, broker: MosquittoBroker, state: Path, udp_port: int | None) -> None:
+    def __init__(
+        self,
+        broker: MosquittoBroker,
+        state: Path,
+        udp_port: int | None,
+        mode: str = "aggregating",
+    ) -> None:
         self.broker = broker
         self.state = state
+        self.mode = mode
         self.udp_port = udp_port or free_port(socket.SOCK_DGRAM)
         self._pick_port = udp_port is None
         self.lines: list[str] = []
@@ -78,7 +85,7 @@ class GatewayProcess:
         for _ in range(5):
             self.lines = []
             self._proc = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "gateway", "run"),
+                *(sys.executable, "-m", "gateway", "run", "--mode", self.mode),
                 *("--udp", f"127.0.0.1:{self.udp_port}", "--broker", self.broker.url),
                 *("--state", str(self.state), "--log-level", "DEBUG"),
                 cwd=REPO,
@@ -152,11 +159,17 @@ class GatewayProcess:
 
 @pytest.fixture
 async def gateway_process() -> AsyncIterator[Callable[..., GatewayProcess]]:
-    """``gateway_process(broker, state, udp_port=None)`` -> a GatewayProcess (the test starts it)."""
+    """``gateway_process(broker, state, udp_port=None, mode="aggregating")`` -> a GatewayProcess
+    (the test starts it)."""
     processes: list[GatewayProcess] = []
 
-    def make(broker: MosquittoBroker, state: Path, udp_port: int | None = None) -> GatewayProcess:
-        process = GatewayProcess(broker, state, udp_port)
+    def make(
+        broker: MosquittoBroker,
+        state: Path,
+        udp_port: int | None = None,
+        mode: str = "aggregating",
+    ) -> GatewayProcess:
+        process = GatewayProcess(broker, state, udp_port, mode)
         processes.append(process)
         return process
 
