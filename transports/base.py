@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "Address",
@@ -20,9 +20,13 @@ __all__ = [
 Address = Hashable
 
 
-@dataclass(frozen=True, slots=True)
-class UdpAddress:
-    """A UDP peer; ``host`` is the textual IP address as the socket reports it."""
+class UdpAddress(NamedTuple):
+    """A UDP peer; ``host`` is the textual IP address as the socket reports it.
+
+    A NamedTuple, not a frozen dataclass: every frame in or out hashes its address a few times
+    (session and peer lookups), and a dataclass's ``__hash__`` is a Python call (~0.3 us, 2.7 %
+    of the fan-out profile) where a tuple's is C.
+    """
 
     host: str
     port: int

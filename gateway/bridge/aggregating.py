@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 
 from gateway.bridge.base import Upstream, UpstreamEvents, Will
-from gateway.bridge.connection import BrokerConnection, open_connection
+from gateway.bridge.connection import BrokerConnection, Props, open_connection
 from gateway.bridge.url import BrokerSettings
 
 __all__ = ["DEFAULT_STATUS_TOPIC", "AggregatingUpstream"]
@@ -59,7 +60,7 @@ class AggregatingUpstream(Upstream):
         )
         self.client_id = client_id or f"{settings.client_id_prefix}mqttsn-gw-{self.gateway_id}"
         self._property = client_id_property if settings.protocol == "5" else None
-        self._props: dict[str, list[tuple[str, str]]] = {}
+        self._props: dict[str, Props] = {}
         self._close_timeout = close_timeout
         # filter -> holder -> (references, qos); holder None is the core's aggregate reference
         self._refs: dict[str, dict[str | None, tuple[int, int]]] = {}
@@ -108,17 +109,25 @@ class AggregatingUpstream(Upstream):
         token: int | None = None,
     ) -> None:
         """Publish for a node; MQTT 5 adds the node's ClientId as a user property."""
-        props = None
-        if client_id is not None and self._property is not None:
-            props = self._props.get(client_id)
-            if props is None:
-                if len(self._props) >= 10_000:  # bounded: ClientIds come and go
-                    self._props.clear()
-                props = self._props[client_id] = [(self._property, client_id)]
         connection = self._connection  # not _require(): a call less per message
         if connection is None:
             raise RuntimeError(f"{self!r} is not started")
-        connection.publish(topic, payload, qos, retain, token, props)
+        connection.publish(topic, payload, qos, retain, token, self._props_of(client_id))
+
+    def publisher(self, client_id: str | None, topic: str) -> Callable[[bytes], None]:
+        """The shared connection's QoS 0 publisher for ``topic``, with the node's property."""
+        return self._require().qos0_publisher(topic, self._props_of(client_id))
+
+    def _props_of(self, client_id: str | None) -> Props | None:
+        """The user property naming the node (MQTT 5 with ``client-id-property``), or None."""
+        if client_id is None or self._property is None:
+            return None
+        props = self._props.get(client_id)
+        if props is None:
+            if len(self._props) >= 10_000:  # bounded: ClientIds come and go
+                self._props.clear()
+            props = self._props[client_id] = [(self._property, client_id)]
+        return props
 
     def subscribe(self, client_id: str | None, topic_filter: str, qos: int) -> None:
         """Add a reference (one per holder) and SUBSCRIBE at the broker.

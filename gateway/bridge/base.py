@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +103,15 @@ class Upstream(ABC):
         token: int | None = None,
     ) -> None:
         """Publish for a node (transparent) or for all (aggregating); QoS > 0 needs a token."""
+
+    def publisher(self, client_id: str | None, topic: str) -> Callable[[bytes], None]:
+        """A function that publishes a payload at QoS 0, no retain, to ``topic`` for ``client_id``.
+
+        The uplink hot path: the runtime keeps one per topic a node publishes QoS 0 to, for as
+        long as the core's route cache keeps it. A bridge with a faster way than ``publish``
+        (topic and properties encoded once) returns that; it must behave as ``publish`` does.
+        """
+        return functools.partial(self.publish, client_id, topic, qos=0, retain=False)
 
     @abstractmethod
     def subscribe(self, client_id: str | None, topic_filter: str, qos: int) -> None:

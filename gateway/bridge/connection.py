@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import time
@@ -342,6 +343,10 @@ class BrokerConnection(ABC):
         await asyncio.sleep(0)
         while self._up and not self._writable():  # noqa: ASYNC110 - polled, see close()
             await asyncio.sleep(0.001)
+
+    def qos0_publisher(self, topic: str, props: Props | None) -> Callable[[bytes], None]:
+        """A function that publishes a payload to ``topic`` at QoS 0, no retain (hot path)."""
+        return functools.partial(self.publish, topic, qos=0, retain=False, token=None, props=props)
 
     def _pump(self) -> None:
         """Move outbox entries to the wire while the quota allows, in order."""

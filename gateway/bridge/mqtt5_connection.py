@@ -33,6 +33,7 @@ import functools
 import logging
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import mqtt5
@@ -257,6 +258,45 @@ class Mqtt5Connection(BrokerConnection, Mqtt5IncomingMixin, asyncio.Protocol):
         self._wbuf.append(packet)
         if self._flush_handle is None:
             self._flush_handle = self._loop_or_raise().call_soon(self._flush)
+
+    def qos0_publisher(self, topic: str, props: Props | None) -> Callable[[bytes], None]:
+        """The uplink hot path: topic and property bytes encoded once, framed around each payload.
+
+        Each call does what ``publish`` does for QoS 0 on a topic seen before, without the
+        cache lookup and the calls in between; whatever else (a connection not taking writes,
+        a packet over the broker's maximum) is handed to ``publish``.
+        """
+        key = (topic, *props) if props else topic
+        try:
+            middle = self._middles.get(key) or self._middle(key, topic, props)
+        except (ValueError, TypeError, IndexError):
+            return super().qos0_publisher(topic, props)  # publish() logs and reports it
+        body = middle[2]
+        body_size = len(body)
+        wbuf = self._wbuf
+        general = self.publish
+
+        def publish_qos0(payload: bytes) -> None:
+            if not self._up or self._paused or len(wbuf) >= _MAX_BATCH:
+                general(topic, payload, 0, False, None, props)
+                return
+            size = body_size + len(payload)
+            packet = b"".join(
+                (
+                    _QOS0_BYTE,
+                    _ONE_BYTE_LENGTH[size] if size < 128 else _varint(size),
+                    body,
+                    payload,
+                )
+            )
+            if self._max_packet is not None and len(packet) > self._max_packet:
+                general(topic, payload, 0, False, None, props)  # says so, drops it
+                return
+            wbuf.append(packet)
+            if self._flush_handle is None:
+                self._flush_handle = self._loop_or_raise().call_soon(self._flush)
+
+        return publish_qos0
 
     def _send_publish(
         self,

@@ -345,6 +345,9 @@ class GatewayCore(DeliveryMixin, ConnectMixin, UplinkMixin):
             _LOGGER.debug(
                 "%r: %s -> %s on %s", session.client_id, session.state.name, new.name, event.value
             )
+            # A cached uplink route may hold what belonged to the old state (in transparent
+            # mode, the node's broker connection): made again on the next PUBLISH.
+            session.registry.routes.clear()
         session.state = new
 
     def _bind_address(self, session: ClientSession, address: Hashable) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.protocol.constants import TopicIdType
 
@@ -88,6 +89,10 @@ class TopicRegistry:
     """One node's id <-> name table [§7.3: per client, so a wrong id never hits another node].
 
     Pre-defined ids are global and never handed out as normal ids; ids wrap within 1..0xFFFE.
+
+    ``routes`` holds the uplink route cache (``GatewayCore.qos0_route``): whatever the runtime
+    made for a topic id this node publishes QoS 0 to. It lives here so that every change of the
+    table (``forget``, ``clear``) drops it; it is never saved.
     """
 
     predefined: Mapping[int, str]
@@ -95,6 +100,7 @@ class TopicRegistry:
     by_id: dict[int, str] = field(default_factory=dict)
     by_name: dict[str, int] = field(default_factory=dict)
     next_id: int = 1
+    routes: dict[bytes, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def id_for(self, name: str) -> int | None:
         """The normal id registered for ``name``, if any."""
@@ -125,11 +131,13 @@ class TopicRegistry:
         name = self.by_id.pop(topic_id, None)
         if name is not None:
             self.by_name.pop(name, None)
+        self.routes.clear()
 
     def clear(self) -> None:
         """Forget every registration (clean session)."""
         self.by_id.clear()
         self.by_name.clear()
+        self.routes.clear()
         self.next_id = 1
 
     def resolve(self, topic_id_type: TopicIdType, topic_id: int) -> str | None:

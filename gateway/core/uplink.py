@@ -9,7 +9,8 @@ upstream SUBSCRIBE / UNSUBSCRIBE (shared in aggregating mode, per node in transp
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 from gateway.core.access import AccessControl
 from gateway.core.actions import (
@@ -51,6 +52,8 @@ _QOS_0 = QoS.AT_MOST_ONCE
 _QOS_MINUS_ONE = QoS.MINUS_ONE
 _QOS_2 = QoS.EXACTLY_ONCE
 _NORMAL = TopicIdType.NORMAL
+_MAX_ROUTES = 256  # cached QoS 0 routes per node (see qos0_route)
+_R = TypeVar("_R")
 
 
 class UplinkMixin:
@@ -122,24 +125,11 @@ class UplinkMixin:
         known topic it may publish to, and for QoS 1/2 a new MsgId within the bound. Whatever
         needs an answer to the node, or is QoS -1, is left to ``_on_publish``.
         """
-        client_id = self.by_address.get(address)
-        if client_id is None:
+        found = self._uplink_topic_of(address, topic_id_type, topic_id)
+        if found is None or qos is _QOS_MINUS_ONE:
             return None
-        session = self.sessions.get(client_id)
-        if session is None or session.state not in _CONNECTED or qos is _QOS_MINUS_ONE:
-            return None
-        registry = session.registry
-        if topic_id_type is _NORMAL:
-            topic = registry.by_id.get(topic_id)
-        else:
-            topic = registry.resolve(topic_id_type, topic_id)
-        if topic is None:
-            return None
-        access = self.access
-        if access.restricted_topics and not access.may_publish(client_id, topic):
-            return None
-        if self._topic_template is not None:
-            topic = self._uplink_topic(client_id, topic)
+        session, topic = found
+        client_id = session.client_id
         if qos is _QOS_0:
             session.last_rx = now
             return PublishUpstream(client_id, topic, data, 0, retain)
@@ -156,6 +146,76 @@ class UplinkMixin:
             # entry only if the broker has not acknowledged it within an interval (store.py).
             self.dirty.add(client_id)
         return PublishUpstream(client_id, topic, data, int(qos), retain, token)
+
+    def qos0_route(self, address: Hashable, key: bytes, now: float) -> Any:
+        """The route cached for a QoS 0 PUBLISH from ``address``, or None: the uplink hot path.
+
+        ``key`` is the frame's MsgType, Flags and TopicId bytes. A route is what
+        ``add_qos0_route`` made when the core accepted such a PUBLISH before; a hit is the same
+        decision as ``publish_fields`` makes for QoS 0, with the same effect (``last_rx``):
+        the session is looked up and must be connected, and its topic table drops its routes
+        on every change (the access rules and the topic template are fixed at start).
+        """
+        client_id = self.by_address.get(address)
+        if client_id is None:
+            return None
+        session = self.sessions.get(client_id)
+        if session is None or session.state not in _CONNECTED:
+            return None
+        route = session.registry.routes.get(key)
+        if route is not None:
+            session.last_rx = now
+        return route
+
+    def add_qos0_route(
+        self,
+        address: Hashable,
+        key: bytes,
+        topic_id_type: TopicIdType,
+        topic_id: int,
+        now: float,
+        make: Callable[[str, str], _R],
+    ) -> _R | None:
+        """Accept a QoS 0 PUBLISH without retain as ``publish_fields`` does; cache its route.
+
+        ``make(client_id, topic)`` builds the route (the runtime: the bridge's publisher for
+        that topic), kept under ``key`` (see ``qos0_route``). None: not accepted, nothing
+        changed, and the caller takes the general path.
+        """
+        found = self._uplink_topic_of(address, topic_id_type, topic_id)
+        if found is None:
+            return None
+        session, topic = found
+        session.last_rx = now
+        routes = session.registry.routes
+        if len(routes) >= _MAX_ROUTES:
+            routes.clear()  # bounded: a node trying many (short) topic ids
+        route = routes[key] = make(session.client_id, topic)
+        return route
+
+    def _uplink_topic_of(
+        self, address: Hashable, topic_id_type: TopicIdType, topic_id: int
+    ) -> tuple[ClientSession, str] | None:
+        """The connected session at ``address`` and the broker topic it may publish to, or None."""
+        client_id = self.by_address.get(address)
+        if client_id is None:
+            return None
+        session = self.sessions.get(client_id)
+        if session is None or session.state not in _CONNECTED:
+            return None
+        registry = session.registry
+        if topic_id_type is _NORMAL:
+            topic = registry.by_id.get(topic_id)
+        else:
+            topic = registry.resolve(topic_id_type, topic_id)
+        if topic is None:
+            return None
+        access = self.access
+        if access.restricted_topics and not access.may_publish(client_id, topic):
+            return None
+        if self._topic_template is not None:
+            topic = self._uplink_topic(client_id, topic)
+        return session, topic
 
     def _on_publish(self, address: Hashable, msg: Publish, now: float, out: list[Action]) -> None:
         accepted = self.publish_fields(

@@ -109,6 +109,40 @@ async def test_inlined_qos0_publish_is_the_codecs_byte_for_byte(
     assert connection._wbuf == []
 
 
+@pytest.mark.parametrize("size", [0, 32, 127 - 40, 200, 20_000])
+@pytest.mark.parametrize("props", [None, [("mqttsn-client-id", "node-7")]])
+async def test_qos0_publisher_is_the_codecs_byte_for_byte(
+    size: int, props: list[tuple[str, str]] | None
+) -> None:
+    """The uplink route's publisher frames as mqtt5 does, and hands what it cannot take on."""
+    connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", _Handler())
+    connection._up = True  # as after CONNACK; nothing is written to a socket here
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for topic in ("a/b", "sensors/é/température"):
+        publish = connection.qos0_publisher(topic, props)
+        connection._wbuf.clear()
+        publish(payload)
+        publish(payload)
+        expected = mqtt5.PublishPacket(topic, payload, user_properties=props).write()
+        assert connection._wbuf == [expected, expected]
+    connection._wbuf.clear()
+    connection._max_packet = 64  # the broker's Maximum Packet Size holds on that path too
+    connection.qos0_publisher("a/b", props)(b"x" * 100)
+    assert connection._wbuf == []
+    connection._max_packet = None
+    connection._up = False  # down: dropped and counted, as publish() does
+    connection.qos0_publisher("a/b", props)(b"x")
+    assert connection._wbuf == [] and connection.stats.dropped_qos0 == 1
+
+
+async def test_qos0_publisher_to_an_invalid_topic_reports_as_publish_does() -> None:
+    """A topic the codec refuses gets the general publisher: nothing is framed or cached."""
+    connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", _Handler())
+    connection._up = True
+    connection.qos0_publisher("a/#", None)(b"x")
+    assert connection._wbuf == [] and connection._middles == {}
+
+
 async def test_publish_to_an_invalid_topic_is_refused_not_cached() -> None:
     """The codec still validates the first PUBLISH to a topic: a wildcard is reported failed."""
     handler = _Handler()

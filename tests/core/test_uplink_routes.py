@@ -1,0 +1,85 @@
+"""The QoS 0 uplink route cache: a hit is exactly ``publish_fields``' decision, or no hit at all."""
+
+from __future__ import annotations
+
+from gateway.core.access import AccessPolicy, TopicRule
+from gateway.core.settings import CoreSettings
+from gateway.protocol.codec import encode
+from gateway.protocol.constants import TopicIdType
+from gateway.protocol.messages import Disconnect, Publish, Regack, Register
+from tests.core.helpers import A1, A2, Driver, frames
+
+NORMAL = TopicIdType.NORMAL
+PREDEFINED = TopicIdType.PREDEFINED
+
+
+def _registered(d: Driver, address: object, client_id: str, name: str) -> int:
+    d.connect(address, client_id)
+    (regack,) = frames(d.rx(address, Register(0, 1, name)))
+    assert isinstance(regack, Regack)
+    return regack.topic_id
+
+
+def _key(topic_id: int) -> bytes:
+    """MsgType, Flags and TopicId of a QoS 0 PUBLISH, as the runtime keys it."""
+    return encode(Publish(topic_id, b"v"))[1:5]
+
+
+def _route(d: Driver, address: object, topic_id: int, now: float) -> object:
+    """Make (or fail to make) the route: the route is the (client_id, topic) it was made for."""
+    return d.core.add_qos0_route(
+        address, _key(topic_id), NORMAL, topic_id, now, lambda c, t: (c, t)
+    )
+
+
+def test_a_route_is_made_once_and_hit_with_last_rx_updated() -> None:
+    d = Driver()
+    topic_id = _registered(d, A1, "n1", "a/b")
+    assert _route(d, A1, topic_id, 1.0) == ("n1", "a/b")
+    assert d.core.qos0_route(A1, _key(topic_id), 5.0) == ("n1", "a/b")
+    assert d.session("n1").last_rx == 5.0
+    assert d.core.qos0_route(A2, _key(topic_id), 6.0) is None  # another address: no session
+
+
+def test_no_route_for_what_publish_fields_refuses() -> None:
+    rules = AccessPolicy(rules=(TopicRule("*", publish=("ok/#",)),))
+    d = Driver(CoreSettings(access=rules, predefined={7: "denied/t", 8: "ok/t"}))
+    d.connect(A1, "n1")
+    key = encode(Publish(7, b"v", topic_id_type=PREDEFINED))[1:5]
+    make = lambda c, t: (c, t)  # noqa: E731
+    assert d.core.add_qos0_route(A1, key, PREDEFINED, 7, 1.0, make) is None  # access rules
+    assert d.core.add_qos0_route(A1, key, PREDEFINED, 8, 1.0, make) == ("n1", "ok/t")
+    assert _route(d, A1, 1, 1.0) is None  # a normal id never registered
+    assert _route(d, A2, 1, 1.0) is None  # no session at that address
+
+
+def test_a_clean_reconnect_drops_the_routes_of_reused_topic_ids() -> None:
+    """Ids start again at 1 after a clean CONNECT: a stale route would publish to the old topic."""
+    d = Driver()
+    old = _registered(d, A1, "n1", "old/topic")
+    _route(d, A1, old, 1.0)
+    new = _registered(d, A1, "n1", "new/topic")
+    assert new == old
+    assert d.core.qos0_route(A1, _key(new), 2.0) is None
+    assert _route(d, A1, new, 2.0) == ("n1", "new/topic")
+
+
+def test_sleep_and_an_address_taken_over_end_the_route() -> None:
+    d = Driver()
+    topic_id = _registered(d, A1, "n1", "a/b")
+    _route(d, A1, topic_id, 1.0)
+    d.rx(A1, Disconnect(100), 2.0)  # asleep: a PUBLISH now is not accepted
+    assert d.core.qos0_route(A1, _key(topic_id), 3.0) is None
+    d.connect(A1, "n1", clean=False, now=4.0)
+    _route(d, A1, topic_id, 4.0)
+    d.connect(A1, "n2", now=5.0)  # another ClientId at the same address
+    assert d.core.qos0_route(A1, _key(topic_id), 6.0) is None
+
+
+def test_routes_per_node_are_bounded() -> None:
+    d = Driver()
+    d.connect(A1, "n1")
+    for n in range(1, 1000):
+        d.rx(A1, Register(0, n, f"t/{n}"))
+        _route(d, A1, n, 1.0)
+    assert 0 < len(d.session("n1").registry.routes) <= 256
