@@ -1,10 +1,11 @@
 """MQTT-SN over UDP: IPv4/IPv6 unicast, plus a multicast group for SEARCHGW, GWINFO and ADVERTISE.
 
 One datagram is one MQTT-SN frame (reference §1). This module sits on the hot path of the
-gateway, so receiving is a single synchronous call chain per datagram: the loop's
-``datagram_received`` checks the length header, looks the sender up in an address cache and
-calls ``deliver``; no Task, no Future, no per-datagram log line. Sending hands the frame straight
-to the loop's datagram transport, which buffers if the kernel does.
+gateway, so receiving is a single synchronous call chain per datagram: the reader (a burst of
+datagrams per loop wake-up, see ``transports.udp_endpoints``) checks the length header, looks the
+sender up in an address cache and calls ``deliver``; no Task, no Future, no per-datagram log
+line. Sending hands the frame straight to the socket, queueing only while the kernel's buffer is
+full.
 
 Broadcast (reference §5.2): over UDP it means a multicast group (Paho's default is 225.1.1.1).
 Without a configured group ``broadcast()`` is a counted no-op. The group is joined on the
@@ -23,27 +24,21 @@ import socket
 import struct
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Hashable
-from typing import Any, cast
 
 from transports.base import Address, FrameSink, LinkEventSink, Transport, UdpAddress
+from transports.udp_endpoints import BurstEndpoint, Endpoint, SockAddr
 
 __all__ = ["UdpTransport", "WarningLimiter"]
 
 _LOGGER = logging.getLogger(__name__)
 
 _ADDRESS_CACHE_LIMIT = 100_000
-_BURST_MAX = 256  # datagrams read per wake-up at most (then the loop serves the rest)
-_BURST_FEW = 8  # a wake-up that found fewer pauses reading for ``read_holdoff``
-_SEND_QUEUE_LIMIT = 4096  # datagrams waiting for room in the kernel's send buffer
 _EXCERPT = 16
 # Linux socket options that Python 3.11 does not name: without them, a socket bound to a port
 # also receives every group any other socket on the host joined on that port.
 _IP_MULTICAST_ALL = 49
 _IPV6_MULTICAST_ALL = 29
-
-SockAddr = tuple[Any, ...]
 
 
 class WarningLimiter:
@@ -118,225 +113,6 @@ def _ipv4_membership(group: str, interface: str | None) -> bytes:
         return socket.inet_aton(group) + socket.inet_aton("0.0.0.0") + struct.pack("@i", index)
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    """The protocol of one socket (unicast, or the separate multicast one) of a UdpTransport."""
-
-    def __init__(self, owner: UdpTransport, label: str, family: socket.AddressFamily) -> None:
-        self._owner = owner
-        self._label = label
-        self.family = family
-        self._counters = owner.counters
-        self._addresses = owner._addresses
-        self._deliver: FrameSink = owner._deliver
-        self._max_frame = owner.max_frame
-        self.transport: asyncio.DatagramTransport | None = None
-        self.paused = False
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: SockAddr) -> None:
-        # Hot path: keep it flat. The usual case is a short-form header matching the size.
-        size = len(data)
-        usual = 1 < size <= self._max_frame and data[0] == size
-        if not usual and not self._owner._accept_odd(data, addr):
-            return
-        address = self._addresses.get(addr)
-        if address is None:
-            address = self._owner._intern(addr)
-        self._counters["rx_frames"] += 1
-        try:
-            self._deliver(address, data)
-        except Exception:
-            self._owner._deliver_failed(address, data)
-
-    def error_received(self, exc: Exception) -> None:
-        # Linux reports e.g. ICMP port unreachable here; a node that went away is no crash.
-        self._counters["tx_errors"] += 1
-        _LOGGER.debug("%s %s socket error: %s", self._owner.name, self._label, exc)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            _LOGGER.warning("%s %s socket lost: %s", self._owner.name, self._label, exc)
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def __repr__(self) -> str:
-        return f"<_Endpoint {self._owner.name} {self._label} paused={self.paused}>"
-
-
-class _SocketTransport:
-    """The sending half of a ``_BurstEndpoint``: ``sendto`` straight on the non-blocking socket.
-
-    What the kernel cannot take right now waits in a bounded queue drained when the socket is
-    writable (as the loop's datagram transport would buffer it); beyond the bound ``sendto``
-    reports the frame as not sent.
-    """
-
-    __slots__ = ("_endpoint", "_loop", "_queue", "_sock", "_writing")
-
-    def __init__(self, endpoint: _BurstEndpoint, sock: socket.socket) -> None:
-        self._endpoint = endpoint
-        self._sock: socket.socket | None = sock
-        self._loop = asyncio.get_running_loop()
-        self._queue: deque[tuple[bytes, SockAddr]] = deque()
-        self._writing = False
-
-    def sendto(self, data: bytes, addr: SockAddr) -> None:
-        """Send one datagram now, or queue it while the kernel's buffer is full."""
-        sock = self._sock
-        if sock is None:
-            raise OSError("socket closed")
-        if not self._queue:
-            try:
-                sock.sendto(data, addr)
-                return
-            except (BlockingIOError, InterruptedError):
-                pass
-        if len(self._queue) >= _SEND_QUEUE_LIMIT:
-            raise BlockingIOError("send queue full")
-        self._queue.append((data, addr))
-        if not self._writing:
-            self._writing = True
-            self._endpoint.paused = True
-            self._loop.add_writer(sock.fileno(), self._drain)
-
-    def _drain(self) -> None:
-        queue = self._queue
-        sock = self._sock
-        while queue and sock is not None:
-            data, addr = queue[0]
-            try:
-                sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                self._endpoint.error_received_count()
-            queue.popleft()
-        if sock is not None:
-            self._loop.remove_writer(sock.fileno())
-        self._writing = False
-        self._endpoint.paused = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """``"socket"`` (for the multicast options), as the loop's transports offer it."""
-        if name == "socket":
-            return self._sock
-        if name == "sockname" and self._sock is not None:
-            return self._sock.getsockname()
-        return default
-
-    def is_closing(self) -> bool:
-        """True once closed."""
-        return self._sock is None
-
-    def close(self) -> None:
-        """Stop reading and writing, close the socket; queued frames are dropped."""
-        sock, self._sock = self._sock, None
-        if sock is None:
-            return
-        if self._writing:
-            self._loop.remove_writer(sock.fileno())
-        self._queue.clear()
-        self._endpoint.stop_reading()
-        sock.close()
-        self._endpoint.connection_lost(None)
-
-
-class _BurstEndpoint(_Endpoint):
-    """The unicast socket read by the transport itself: many datagrams per loop wake-up.
-
-    Measured (tests/bench/RESULTS.md): the loop's datagram protocol wakes up, reads and calls
-    back once per datagram or nearly so, and under load the kernel work per wake-up dominates.
-    Here one wake-up drains up to ``_BURST_MAX`` datagrams with ``recvfrom``; when a wake-up
-    found only a few (a trickle: each would cost a wake-up of its own) the reader is paused
-    for ``holdoff`` seconds so the next one finds a burst. That adds at most ``holdoff`` of
-    latency and lets the rest of the gateway (the broker write, the QoS 1 PUBACKs) work in
-    batches too.
-    """
-
-    def __init__(
-        self, owner: UdpTransport, label: str, sock: socket.socket, holdoff: float
-    ) -> None:
-        super().__init__(owner, label, sock.family)
-        self._sock = sock
-        self._fd = sock.fileno()
-        self._loop = asyncio.get_running_loop()
-        self._holdoff = holdoff
-        self._bufsize = owner.max_frame + 1  # one byte more: an oversize datagram shows as such
-        self._reading = False
-        self._resume_handle: asyncio.TimerHandle | None = None
-        self.transport = cast(asyncio.DatagramTransport, _SocketTransport(self, sock))
-
-    def start_reading(self) -> None:
-        """Begin delivering datagrams."""
-        if not self._reading and self.transport is not None and not self.transport.is_closing():
-            self._reading = True
-            self._loop.add_reader(self._fd, self._on_readable)
-
-    def stop_reading(self) -> None:
-        """Stop delivering datagrams (at close)."""
-        if self._resume_handle is not None:
-            self._resume_handle.cancel()
-            self._resume_handle = None
-        if self._reading:
-            self._reading = False
-            self._loop.remove_reader(self._fd)
-
-    def error_received_count(self) -> None:
-        """A send error surfaced while draining the send queue."""
-        self._counters["tx_errors"] += 1
-
-    def _resume(self) -> None:
-        self._resume_handle = None
-        self.start_reading()
-
-    def _on_readable(self) -> None:
-        # Hot path: the body of datagram_received, inlined in the read loop.
-        recvfrom = self._sock.recvfrom
-        bufsize = self._bufsize
-        max_frame = self._max_frame
-        addresses = self._addresses
-        deliver = self._deliver
-        owner = self._owner
-        count = accepted = 0
-        while count < _BURST_MAX:
-            try:
-                data, addr = recvfrom(bufsize)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                # Linux reports e.g. ICMP port unreachable of an earlier send here.
-                self.error_received(exc)
-                continue
-            count += 1
-            size = len(data)
-            if not (1 < size <= max_frame and data[0] == size) and not owner._accept_odd(
-                data, addr
-            ):
-                continue
-            address = addresses.get(addr)
-            if address is None:
-                address = owner._intern(addr)
-            accepted += 1
-            try:
-                deliver(address, data)
-            except Exception:
-                owner._deliver_failed(address, data)
-        self._counters["rx_frames"] += accepted
-        if count < _BURST_FEW and self._holdoff > 0 and self._reading:
-            self._reading = False
-            self._loop.remove_reader(self._fd)
-            self._resume_handle = self._loop.call_later(self._holdoff, self._resume)
-
-
 class UdpTransport(Transport):
     """MQTT-SN frames over UDP datagrams, IPv4 or IPv6, with an optional multicast group.
 
@@ -409,13 +185,15 @@ class UdpTransport(Transport):
         )
         self._warnings = WarningLimiter(_LOGGER, warn_interval)
         self._addresses: dict[SockAddr, UdpAddress] = {}
+        # The same peers keyed by their raw struct sockaddr (what the recvmmsg reader gets).
+        self._raw_addresses: dict[bytes, UdpAddress] = {}
         # The socket address of every peer heard from, to answer it without re-checking the
         # address (and with its scope_id: IPv6 link-local peers need it).
         self._peers: dict[Hashable, SockAddr] = {}
         self._deliver: FrameSink = _no_sink
-        self._unicast: _Endpoint | None = None
-        self._multicast: _Endpoint | None = None
-        self._broadcaster: _Endpoint | None = None
+        self._unicast: Endpoint | None = None
+        self._multicast: Endpoint | None = None
+        self._broadcaster: Endpoint | None = None
         self._group_sockaddr: SockAddr | None = None
         self._group_family = socket.AF_INET
         self._group_via_unicast = False
@@ -464,15 +242,19 @@ class UdpTransport(Transport):
         assert self._unicast.transport is not None
         self._sendto = self._unicast.transport.sendto
         _LOGGER.info(
-            "%s: listening on %s (SO_RCVBUF %d)", self.name, self._local, self.receive_buffer
+            "%s: listening on %s (SO_RCVBUF %d, read with %s)",
+            self.name,
+            self._local,
+            self.receive_buffer,
+            getattr(self._unicast, "reader", "the loop's datagram protocol"),
         )
 
-    async def _open_endpoint(self, sock: socket.socket, label: str) -> _Endpoint:
+    async def _open_endpoint(self, sock: socket.socket, label: str) -> Endpoint:
         if label == "unicast" and self.read_holdoff is not None:
-            burst = _BurstEndpoint(self, label, sock, self.read_holdoff)
+            burst = BurstEndpoint(self, label, sock, self.read_holdoff)
             burst.start_reading()
             return burst
-        endpoint = _Endpoint(self, label, sock.family)
+        endpoint = Endpoint(self, label, sock.family)
         await asyncio.get_running_loop().create_datagram_endpoint(lambda: endpoint, sock=sock)
         return endpoint
 
@@ -642,13 +424,23 @@ class UdpTransport(Transport):
         )
         return False
 
-    def _intern(self, addr: SockAddr) -> UdpAddress:
-        if len(self._addresses) >= _ADDRESS_CACHE_LIMIT:
-            self._addresses.clear()
+    def _intern(self, addr: SockAddr, raw: bytes | None = None) -> UdpAddress:
+        """The one UdpAddress of the peer at ``addr`` (known to the reader as ``raw``, if given)."""
+        addresses = self._addresses
+        if (
+            len(addresses) >= _ADDRESS_CACHE_LIMIT
+            or len(self._raw_addresses) >= _ADDRESS_CACHE_LIMIT
+        ):
+            addresses.clear()
+            self._raw_addresses.clear()
             self._peers.clear()
-        address = self._make_address(addr)
-        self._addresses[addr] = address
-        self._peers[address] = addr if len(addr) == 4 and addr[3] else (addr[0], addr[1])
+        address = addresses.get(addr)
+        if address is None:
+            address = self._make_address(addr)
+            addresses[addr] = address
+            self._peers[address] = addr if len(addr) == 4 and addr[3] else (addr[0], addr[1])
+        if raw is not None:
+            self._raw_addresses[raw] = address
         return address
 
     @staticmethod

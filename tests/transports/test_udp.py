@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import transports
-from transports import udp
+from transports import udp, udp_endpoints
 from transports.base import Address, UdpAddress
 from transports.udp import UdpTransport, WarningLimiter
 
@@ -23,6 +23,8 @@ PUBLISH = bytes.fromhex("0A 0C 00 00 01 00 00 68 69 21")
 LONG_PUBLISH = bytes([1, 0, 12]) + bytes.fromhex("0C 00 00 01 00 00 68 69 21")
 GROUP = "239.255.0.1"
 IP_RECVTTL = 12  # Linux <netinet/in.h>; Python 3.11 does not name it
+IP_RECVERR = 11  # ditto
+MSG_ERRQUEUE = 0x2000  # ditto
 
 
 class Inbox:
@@ -102,6 +104,18 @@ def have_ipv6_loopback() -> bool:
     return True
 
 
+@pytest.fixture(params=["recvmmsg", "recvfrom"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with either reader of the unicast socket: the C extension's or the loop."""
+    if request.param == "recvfrom":
+        monkeypatch.setattr(udp_endpoints, "recv_batch", None)
+    elif udp_endpoints.recv_batch is None:  # switched off (MQTTSN_UDP_RECVMMSG=0) or not built
+        from transports import _mmsg  # an ImportError here: not built, see test_mmsg.py
+
+        monkeypatch.setattr(udp_endpoints, "recv_batch", _mmsg.recv_batch)
+    return str(request.param)
+
+
 @pytest.fixture
 def sockets() -> Iterator[list[socket.socket]]:
     """Sockets a test opens, closed afterwards."""
@@ -112,15 +126,18 @@ def sockets() -> Iterator[list[socket.socket]]:
 
 
 @pytest.fixture
-async def closing() -> AsyncIterator[list[UdpTransport]]:
-    """Transports a test starts, closed afterwards."""
+async def closing(reader: str) -> AsyncIterator[list[UdpTransport]]:
+    """Transports a test starts (with each reader in turn), closed afterwards."""
     started: list[UdpTransport] = []
     yield started
+    for transport in started:
+        if transport._unicast is not None:  # the reader asked for is the one that ran
+            assert f"reader={reader}" in repr(transport._unicast)
     for transport in started:
         await transport.close()
 
 
-async def echo_roundtrip(host: str, family: socket.AddressFamily) -> None:
+async def echo_roundtrip(host: str, family: socket.AddressFamily, reader: str) -> None:
     """Start a transport on ``host`` that echoes, and check a node gets its frames back."""
     inbox = Inbox()
     transport = UdpTransport(host, 0)
@@ -131,6 +148,7 @@ async def echo_roundtrip(host: str, family: socket.AddressFamily) -> None:
 
     await transport.start(deliver)
     try:
+        assert f"reader={reader}" in repr(transport._unicast)
         assert transport.local_address is not None
         node = client_socket(family)
         with node:
@@ -154,14 +172,14 @@ async def echo_roundtrip(host: str, family: socket.AddressFamily) -> None:
         await transport.close()
 
 
-async def test_ipv4_echo() -> None:
+async def test_ipv4_echo(reader: str) -> None:
     """IPv4 loopback: frames in both header forms are delivered and sent back."""
-    await echo_roundtrip("127.0.0.1", socket.AF_INET)
+    await echo_roundtrip("127.0.0.1", socket.AF_INET, reader)
 
 
-async def test_ipv6_echo() -> None:
+async def test_ipv6_echo(reader: str) -> None:
     """IPv6 loopback: the 4-tuple peer address becomes UdpAddress(host, port)."""
-    await echo_roundtrip("::1", socket.AF_INET6)
+    await echo_roundtrip("::1", socket.AF_INET6, reader)
 
 
 async def test_dual_stack_bind_serves_ipv4(closing: list[UdpTransport]) -> None:
@@ -328,8 +346,43 @@ async def test_send_problems_are_counted_not_raised(closing: list[UdpTransport])
     assert transport.counters["tx_errors"] == 6
 
 
+async def test_icmp_error_on_the_socket_is_counted_not_fatal(
+    closing: list[UdpTransport], sockets: list[socket.socket]
+) -> None:
+    """An ICMP port unreachable the socket reports (IP_RECVERR) counts; reading goes on."""
+    inbox = Inbox()
+    transport = UdpTransport("127.0.0.1", 0)
+    closing.append(transport)
+    await transport.start(inbox)
+    assert transport.local_address is not None and transport._unicast is not None
+    assert transport._unicast.transport is not None
+    sock = transport._unicast.transport.get_extra_info("socket")
+    # Without IP_RECVERR Linux reports ICMP errors only to connected UDP sockets.
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    dead_port = free_udp_port()
+    transport.send(UdpAddress("127.0.0.1", dead_port), PINGREQ)
+    assert transport.counters["tx_frames"] == 1  # the kernel took it; the ICMP comes back later
+    node = client_socket()
+    sockets.append(node)
+    node.sendto(PUBLISH, ("127.0.0.1", transport.local_address.port))
+    assert (await inbox.get())[1] == PUBLISH
+    for _ in range(400):  # the batch reader may take the datagram first, the error after
+        if transport.counters["tx_errors"]:
+            break
+        await asyncio.sleep(0.005)
+    assert transport.counters["tx_errors"] == 1
+    sock.recvmsg(64, 1024, MSG_ERRQUEUE)  # the error's copy there keeps the socket readable
+    sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 0)
+    node.sendto(PINGREQ, ("127.0.0.1", transport.local_address.port))
+    assert (await inbox.get())[1] == PINGREQ
+    assert transport.counters["rx_frames"] == 2
+
+
 async def test_address_cache_is_bounded(
-    closing: list[UdpTransport], sockets: list[socket.socket], monkeypatch: pytest.MonkeyPatch
+    closing: list[UdpTransport],
+    sockets: list[socket.socket],
+    monkeypatch: pytest.MonkeyPatch,
+    reader: str,
 ) -> None:
     """The peer-address cache is cleared when it reaches its limit (100k; 3 here)."""
     monkeypatch.setattr(udp, "_ADDRESS_CACHE_LIMIT", 3)
@@ -344,6 +397,9 @@ async def test_address_cache_is_bounded(
         node.sendto(PINGREQ, ("127.0.0.1", transport.local_address.port))
         await inbox.get()
         assert len(transport._addresses) <= 3
+        assert len(transport._raw_addresses) <= 3
+    # The recvmmsg reader keys peers by raw sockaddr too; the recvfrom loop has no use for it.
+    assert bool(transport._raw_addresses) == (reader == "recvmmsg")
 
 
 async def test_rcvbuf_readback(
@@ -471,14 +527,14 @@ async def test_broadcast_without_group_is_a_counted_noop(
     assert any("broadcast dropped" in r.getMessage() for r in caplog.records)
 
 
-def test_uvloop_echo_and_multicast() -> None:
+def test_uvloop_echo_and_multicast(reader: str) -> None:
     """The same transport under uvloop (what the gateway runs on): IPv4, IPv6, multicast."""
     import uvloop
 
     async def scenario() -> None:
-        await echo_roundtrip("127.0.0.1", socket.AF_INET)
+        await echo_roundtrip("127.0.0.1", socket.AF_INET, reader)
         if have_ipv6_loopback():
-            await echo_roundtrip("::1", socket.AF_INET6)
+            await echo_roundtrip("::1", socket.AF_INET6, reader)
         inbox = Inbox()
         transport = UdpTransport(
             "0.0.0.0",
