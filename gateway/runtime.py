@@ -314,11 +314,20 @@ class GatewayRuntime:
     def _execute(self, actions: list[Action]) -> None:
         upstream = self._upstream
         assert upstream is not None
+        # Frames for nodes are collected and handed to their transport together (a fan-out:
+        # one sendmmsg on UDP), in order; anything else first sends what was collected.
+        batch: list[tuple[Transport, Hashable, bytes, Message]] = []
         for action in actions:
             kind = type(action)
             if kind is SendFrame:
-                self._send(action.address, action.message)  # type: ignore[attr-defined]
-            elif kind is PublishUpstream:
+                frame = self._frame_for(action.address, action.message)  # type: ignore[attr-defined]
+                if frame is not None:
+                    batch.append(frame)
+                continue
+            if batch:
+                self._send_batch(batch)
+                batch = []
+            if kind is PublishUpstream:
                 self._publish_upstream(action)  # type: ignore[arg-type]
             elif kind is SubscribeUpstream:
                 upstream.subscribe(action.client_id, action.topic_filter, action.qos)  # type: ignore[attr-defined]
@@ -331,9 +340,28 @@ class GatewayRuntime:
                 upstream.open_session(a.client_id, a.clean_session, a.will, a.keepalive)
             elif kind is CloseUpstreamSession:
                 upstream.close_session(action.client_id, action.fire_will)  # type: ignore[attr-defined]
+        if batch:
+            self._send_batch(batch)
         self._reschedule()
         if self.store is not None and self.core.dirty:
             self.store.changed()
+
+    def _send_batch(self, batch: list[tuple[Transport, Hashable, bytes, Message]]) -> None:
+        """Hand each transport its frames of ``batch`` with one ``send_many``, keeping order."""
+        transport = batch[0][0]
+        if len(batch) == 1:
+            transport.send(batch[0][1], batch[0][2])
+        elif all(item[0] is transport for item in batch):
+            transport.send_many([(item[1], item[2]) for item in batch])
+        else:  # several transports: runs of one transport each
+            start = 0
+            for end in range(1, len(batch) + 1):
+                if end == len(batch) or batch[end][0] is not batch[start][0]:
+                    batch[start][0].send_many([(item[1], item[2]) for item in batch[start:end]])
+                    start = end
+        if self.observers:
+            for _, address, _, message in batch:
+                self._notify("frame_out", address=address, message=message)
 
     def _publish_upstream(self, a: PublishUpstream) -> None:
         assert self._upstream is not None
@@ -350,9 +378,24 @@ class GatewayRuntime:
             )
 
     def _send(self, address: Hashable, message: Message, radius: int = 0) -> None:
+        item = self._frame_for(address, message, radius)
+        if item is not None:
+            transport, address, frame, _ = item
+            transport.send(address, frame)
+            if self.observers:
+                self._notify("frame_out", address=address, message=message)
+
+    def _frame_for(
+        self, address: Hashable, message: Message, radius: int = 0
+    ) -> tuple[Transport, Hashable, bytes, Message] | None:
+        """Encode ``message`` for the node at ``address``: (transport, link address, frame).
+
+        None when it is not to be sent now: held until the transports are open, no transport
+        for the address, or too long for the link (counted).
+        """
         if self._held is not None:
             self._held.append((address, message, radius))
-            return
+            return None
         if message is self._last_message:
             frame = self._last_frame  # a fan-out: the core handed every node the same PUBLISH
         else:
@@ -360,7 +403,7 @@ class GatewayRuntime:
                 frame = encode(message)
             except Exception:  # our bug: log it, never take the loop down
                 _LOGGER.exception("cannot encode %r for %s", message, address)
-                return
+                return None
             self._last_message, self._last_frame = message, frame
         if type(address) is ForwardedAddress:
             frame = encode(Encapsulated(address.node_id, frame, min(radius, 3)))
@@ -368,7 +411,7 @@ class GatewayRuntime:
         transport = self._transport_for(address)
         if transport is None:
             self.counters["tx_no_transport"] += 1
-            return
+            return None
         if len(frame) > transport.max_frame_size(address):
             # [§6.10] too long for this node's link: dropped, never cut (pitfall P7).
             self.counters["tx_oversize_dropped"] += 1
@@ -378,10 +421,8 @@ class GatewayRuntime:
                 type(message).__name__,
                 address,
             )
-            return
-        transport.send(address, frame)
-        if self.observers:
-            self._notify("frame_out", address=address, message=message)
+            return None
+        return transport, address, frame, message
 
     def _broadcast(self, action: Broadcast) -> None:
         frame = encode(action.message)

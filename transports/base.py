@@ -65,6 +65,15 @@ class Transport(ABC):
     def send(self, address: Address, frame: bytes) -> None:
         """Queue one frame for one peer."""
 
+    def send_many(self, items: list[tuple[Address, bytes]]) -> None:
+        """Queue several frames, each for its peer, in order (a fan-out); as ``send`` each.
+
+        A transport that can hand the batch to the medium at once (UDP: one ``sendmmsg``)
+        overrides this.
+        """
+        for address, frame in items:
+            self.send(address, frame)
+
     @abstractmethod
     def broadcast(self, frame: bytes, radius: int = 0) -> None:
         """Queue one frame for every peer in reach (multicast, radio broadcast); may be a no-op."""

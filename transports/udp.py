@@ -190,6 +190,8 @@ class UdpTransport(Transport):
         # The socket address of every peer heard from, to answer it without re-checking the
         # address (and with its scope_id: IPv6 link-local peers need it).
         self._peers: dict[Hashable, SockAddr] = {}
+        # And their raw struct sockaddr, for send_many's sendmmsg (peers heard by that reader).
+        self._raw_peers: dict[Hashable, bytes] = {}
         self._deliver: FrameSink = _no_sink
         self._unicast: Endpoint | None = None
         self._multicast: Endpoint | None = None
@@ -199,6 +201,7 @@ class UdpTransport(Transport):
         self._group_via_unicast = False
         self._broadcast_ttl = multicast_ttl
         self._sendto: Callable[[bytes, SockAddr], None] = self._not_open
+        self._send_pairs: Callable[[list[tuple[bytes, bytes]]], int] | None = None
         self._local: UdpAddress | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -241,6 +244,7 @@ class UdpTransport(Transport):
                 raise
         assert self._unicast.transport is not None
         self._sendto = self._unicast.transport.sendto
+        self._send_pairs = getattr(self._unicast.transport, "send_batch", None)
         _LOGGER.info(
             "%s: listening on %s (SO_RCVBUF %d, read with %s)",
             self.name,
@@ -330,9 +334,38 @@ class UdpTransport(Transport):
         self.counters["tx_frames"] += 1
 
     def send_many(self, items: list[tuple[Address, bytes]]) -> None:
-        """Send several frames, each to its peer, in order; the batch form of send()."""
+        """Send several frames, each to its peer, in order; as ``send`` does for each.
+
+        Frames for peers heard by the recvmmsg reader leave with one ``sendmmsg`` (the C
+        extension): ~25-30 % less CPU per datagram than ``sendto`` (``tests/bench/bench_mmsg.py``),
+        and a fan-out is one datagram per node. What it does not take (a full kernel buffer, an
+        error) and the other peers' frames go through ``send``, which queues, drops or counts
+        them. A peer's frames are all in the batch or all not, so each peer's order holds.
+        """
         send = self.send
+        send_pairs = self._send_pairs
+        raw_peers = self._raw_peers
+        unicast = self._unicast
+        if send_pairs is None or len(items) < 2 or unicast is None or unicast.paused:
+            for address, frame in items:
+                send(address, frame)
+            return
+        max_frame = self.max_frame
+        pairs: list[tuple[bytes, bytes]] = []
+        batched: list[Address] = []
+        rest: list[tuple[Address, bytes]] = []
         for address, frame in items:
+            raw = raw_peers.get(address)
+            if raw is None or len(frame) > max_frame:
+                rest.append((address, frame))
+            else:
+                pairs.append((frame, raw))
+                batched.append(address)
+        sent = send_pairs(pairs) if pairs else 0
+        self.counters["tx_frames"] += sent
+        for index in range(sent, len(pairs)):
+            send(batched[index], pairs[index][0])
+        for address, frame in rest:
             send(address, frame)
 
     def _sockaddr(self, address: Address) -> SockAddr | None:
@@ -434,6 +467,7 @@ class UdpTransport(Transport):
             addresses.clear()
             self._raw_addresses.clear()
             self._peers.clear()
+            self._raw_peers.clear()
         address = addresses.get(addr)
         if address is None:
             address = self._make_address(addr)
@@ -441,6 +475,7 @@ class UdpTransport(Transport):
             self._peers[address] = addr if len(addr) == 4 and addr[3] else (addr[0], addr[1])
         if raw is not None:
             self._raw_addresses[raw] = address
+            self._raw_peers[address] = raw
         return address
 
     @staticmethod

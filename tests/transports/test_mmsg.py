@@ -80,7 +80,7 @@ def test_extension_is_built_where_it_can_be() -> None:
     """
     assert sys.platform == "linux" and shutil.which("cc") is not None, _NOT_BUILT
     assert built_mmsg is not None, _NOT_BUILT
-    if os.environ.get("MQTTSN_UDP_RECVMMSG", "1") != "0":
+    if os.environ.get("MQTTSN_UDP_MMSG", "1") != "0":
         assert udp_endpoints.recv_batch is built_mmsg.recv_batch
 
 

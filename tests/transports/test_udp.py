@@ -109,7 +109,7 @@ def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     """Run the test with either reader of the unicast socket: the C extension's or the loop."""
     if request.param == "recvfrom":
         monkeypatch.setattr(udp_endpoints, "recv_batch", None)
-    elif udp_endpoints.recv_batch is None:  # switched off (MQTTSN_UDP_RECVMMSG=0) or not built
+    elif udp_endpoints.recv_batch is None:  # switched off (MQTTSN_UDP_MMSG=0) or not built
         from transports import _mmsg  # an ImportError here: not built, see test_mmsg.py
 
         monkeypatch.setattr(udp_endpoints, "recv_batch", _mmsg.recv_batch)
@@ -212,6 +212,49 @@ async def test_send_many(closing: list[UdpTransport], sockets: list[socket.socke
     assert (await receive(nodes[1]))[0] == PUBLISH
     assert (await receive(nodes[0]))[0] == SEARCHGW
     assert transport.counters["tx_frames"] == 3
+
+
+async def test_send_many_to_peers_heard_from_is_one_sendmmsg(
+    closing: list[UdpTransport],
+    sockets: list[socket.socket],
+    reader: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fan-out to peers the recvmmsg reader heard leaves in sendmmsg calls, each peer in order.
+
+    An unheard peer and an oversize frame go the ``send`` way; with the recvfrom reader (no raw
+    addresses) everything does.
+    """
+    from transports import _mmsg
+
+    calls: list[int] = []
+
+    def counting(fd: int, pairs: list[tuple[bytes, bytes]]) -> int:
+        calls.append(len(pairs))
+        return _mmsg.send_batch(fd, pairs)
+
+    monkeypatch.setattr(udp_endpoints, "send_batch", counting)
+    inbox = Inbox()
+    transport = UdpTransport("127.0.0.1", 0)
+    closing.append(transport)
+    await transport.start(inbox)
+    assert transport.local_address is not None
+    nodes = [client_socket() for _ in range(5)]
+    sockets += nodes
+    heard = []
+    for node in nodes[:4]:
+        node.sendto(PINGREQ, ("127.0.0.1", transport.local_address.port))
+        heard.append((await inbox.get())[0])
+    unheard = UdpAddress("127.0.0.1", nodes[4].getsockname()[1])
+    items = [(address, PINGREQ) for address in heard] + [(unheard, PINGREQ)]
+    items += [(heard[0], bytes([200]) + bytes(199) * 10)]  # over max_frame: dropped, counted
+    items += [(address, PUBLISH) for address in (*heard, unheard)]
+    transport.send_many(items)
+    for node in nodes:
+        assert [(await receive(node))[0] for _ in range(2)] == [PINGREQ, PUBLISH]
+    assert transport.counters["tx_frames"] == 10
+    assert transport.counters["tx_oversize"] == 1
+    assert calls == ([8] if reader == "recvmmsg" else [])
 
 
 BAD_DATAGRAMS = [
