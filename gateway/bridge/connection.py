@@ -50,6 +50,7 @@ _LOGGER = logging.getLogger(__name__)
 
 #: Filters per SUBSCRIBE / UNSUBSCRIBE packet when restoring subscriptions.
 _SUBSCRIBE_CHUNK = 64
+_DROP_WARN_INTERVAL = 10.0  # seconds between two "dropped QoS 0" warnings
 
 Props = list[tuple[str, str]]
 #: An outbox entry: topic, payload, qos, retain, token, MQTT 5 user properties.
@@ -137,6 +138,8 @@ class BrokerConnection(ABC):
         self.client_id = client_id
         self.handler = handler
         self.stats = ConnectionStats()
+        self._drop_warned_at = -_DROP_WARN_INTERVAL  # see _drop_qos0
+        self._drops_reported = 0
         self.finished = False
         #: Why the last connection attempt failed (None after a successful connect).
         self.last_error: str | None = None
@@ -230,7 +233,7 @@ class BrokerConnection(ABC):
             if self._up and self._writable():
                 self._send_publish(topic, payload, 0, retain, None, props)
             else:
-                self.stats.dropped_qos0 += 1
+                self._drop_qos0()
             return
         if self._up and not self._outbox and self._can_send():
             self._send_publish(topic, payload, qos, retain, token, props)
@@ -343,6 +346,26 @@ class BrokerConnection(ABC):
         await asyncio.sleep(0)
         while self._up and not self._writable():  # noqa: ASYNC110 - polled, see close()
             await asyncio.sleep(0.001)
+
+    def _drop_qos0(self) -> None:
+        """Count a QoS 0 PUBLISH dropped (broker away, or not taking writes fast enough).
+
+        Said in a WARNING at the first drop and then at most every 10 s with the count since,
+        so that an operator sees a broker that cannot keep up (QoS 0 has no other signal).
+        """
+        stats = self.stats
+        stats.dropped_qos0 += 1
+        now = time.monotonic()
+        if now - self._drop_warned_at >= _DROP_WARN_INTERVAL:
+            _LOGGER.warning(
+                "%s: dropped %d QoS 0 PUBLISH(es) since the last report: broker %s %s",
+                self.client_id,
+                stats.dropped_qos0 - self._drops_reported,
+                self.settings.url,
+                "not taking writes fast enough" if self._up else "not connected",
+            )
+            self._drop_warned_at = now
+            self._drops_reported = stats.dropped_qos0
 
     def qos0_publisher(self, topic: str, props: Props | None) -> Callable[[bytes], None]:
         """A function that publishes a payload to ``topic`` at QoS 0, no retain (hot path)."""

@@ -191,7 +191,7 @@ class PahoConnection(BrokerConnection):
                 _LOGGER.error("%s: paho refused a publish: %s", self.client_id, info.rc)
                 self._call_soon(self._report, token, False)
         elif info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self.stats.dropped_qos0 += 1
+            self._drop_qos0()
 
     def _send_subscribe(self, filters: list[tuple[str, int]]) -> None:
         rc, mid = self._client.subscribe(filters)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import mqtt5
 import pytest
 
@@ -59,6 +61,25 @@ def test_publish_before_connect_is_held_and_counted() -> None:
     assert connection.outbox_size == 1
     assert connection.stats.dropped_qos0 == 1
     assert "outbox=1" in repr(connection) and " down " in repr(connection)
+
+
+def test_dropped_qos0_is_said_at_first_then_at_most_every_interval(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QoS 0 has no other signal: the first drop is a WARNING, then one per 10 s with a count."""
+    clock = [1000.0]
+    monkeypatch.setattr("gateway.bridge.connection.time.monotonic", lambda: clock[0])
+    connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", _Handler())
+    with caplog.at_level(logging.WARNING, logger="gateway.bridge.connection"):
+        for _ in range(3):
+            connection.publish("t", b"0", 0, False, None)
+        clock[0] += 10.0
+        connection.publish("t", b"0", 0, False, None)
+    said = [r.getMessage() for r in caplog.records if "QoS 0" in r.getMessage()]
+    assert len(said) == 2
+    assert "dropped 1 QoS 0" in said[0] and "not connected" in said[0]
+    assert "dropped 3 QoS 0" in said[1]
+    assert connection.stats.dropped_qos0 == 4
 
 
 @pytest.mark.parametrize("size", [0, 32, 100, 127 - 40, 200, 20_000])
