@@ -55,6 +55,22 @@ def host_busy_cpu_s() -> float:
     return (sum(v[:8]) - idle) / CLK_TCK
 
 
+def udp_drops(port: int) -> int:
+    """Datagrams the kernel dropped at the UDP sockets bound to ``port`` (/proc/net/udp{,6})."""
+    total = 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        total += int(fields[-1])
+        except OSError:
+            continue
+    return total
+
+
 def _udp_port_below_ephemeral() -> int:
     """A free UDP port below the kernel's ephemeral range, where node sockets cannot land."""
     try:
