@@ -4,6 +4,10 @@ The record layer is Mbed TLS 2.28 through python-mbedtls' sans-I/O buffers: each
 ``TLSWrappedBuffer``; datagrams go in with ``receive_from_network``, handshake steps and record
 reads run until the library wants more input, and whatever it queued for the network is cut at
 record boundaries into datagrams and sent. The socket is a plain asyncio ``DatagramProtocol``.
+This module is the public face (``DtlsTransport``, ``DtlsAddress``, the defaults, and
+``record_overhead`` re-exported) and holds the socket, the session tables and their policy;
+the Mbed TLS side without a socket (PSK and suite checks, the server context, record parsing
+and cutting, handshake stepping, one peer's session state) lives in :mod:`transports.dtls_session`.
 
 What a hostile network cannot do (RFC 6347 §4.2.1, §4.1.2.6):
 
@@ -32,7 +36,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -40,7 +44,22 @@ from mbedtls import tls
 from mbedtls.exceptions import TLSError
 
 from transports.base import Address, FrameSink, LinkEvent, LinkEventSink, Transport
-from transports.udp import WarningLimiter
+from transports.dtls_session import (
+    DtlsSession,
+    Records,
+    application_records,
+    check_ciphers,
+    check_psk,
+    client_hello_random,
+    cut_datagrams,
+    handshake_over,
+    handshake_progressed,
+    parse_records,
+    record_overhead,
+    run_handshake,
+    server_context,
+)
+from transports.warning_limiter import WarningLimiter
 
 __all__ = ["DEFAULT_CIPHERS", "DEFAULT_PORT", "DtlsAddress", "DtlsTransport", "record_overhead"]
 
@@ -53,18 +72,14 @@ DEFAULT_CIPHERS: Final = (
     "TLS-PSK-WITH-AES-128-CCM",
     "TLS-PSK-WITH-AES-128-GCM-SHA256",
 )
-_MAX_PSK: Final = 32  # MBEDTLS_PSK_MAX_LEN of the bundled Mbed TLS
-_HEADER: Final = 13  # DTLS record header: type 1, version 2, epoch 2, sequence 6, length 2
 _MAX_DATAGRAM: Final = 16384 + 2048  # a full record plus expansion; larger is not DTLS
 _OUT_MAX: Final = 1 << 16
 _TICK: Final = 0.1  # retransmission and handshake timeout resolution, seconds
 _IDLE_TICK: Final = 1.0  # idle_timeout resolution; no tick at all when there is nothing to time
 _EXCERPT: Final = 16
-_CHANGE_CIPHER_SPEC, _ALERT, _HANDSHAKE, _APPLICATION_DATA = 20, 21, 22, 23
-_CLIENT_HELLO: Final = 1
-_RANDOM: Final = slice(_HEADER + 12 + 2, _HEADER + 12 + 2 + 32)  # after handshake hdr, version
 
 
+# Defined here, not in dtls_session: the state file (gateway.store_codec) names its module.
 @dataclass(frozen=True, slots=True)
 class DtlsAddress:
     """A DTLS peer on UDP; ``host`` is the textual IP address as the socket reports it."""
@@ -75,100 +90,6 @@ class DtlsAddress:
     def __str__(self) -> str:
         where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         return f"dtls://{where}"
-
-
-def record_overhead(ciphers: Sequence[str]) -> int:
-    """Bytes a DTLS 1.2 record adds to its payload, for the worst of ``ciphers``."""
-    worst = 0
-    for name in ciphers:
-        if "CHACHA20" in name:
-            extra = 16  # tag, no explicit nonce
-        elif name.endswith("-CCM-8"):
-            extra = 8 + 8  # explicit nonce, 8-byte tag
-        elif "-GCM-" in name or name.endswith("-CCM"):
-            extra = 8 + 16  # explicit nonce, 16-byte tag
-        else:
-            extra = 16 + 48 + 16  # CBC: IV, up to a SHA-384 MAC, up to a block of padding
-        worst = max(worst, extra)
-    return _HEADER + worst
-
-
-def _records(data: bytes) -> list[tuple[int, int, int]] | None:
-    """(content type, epoch, offset) of each record, or None unless ``data`` is DTLS records."""
-    found: list[tuple[int, int, int]] = []
-    offset, size = 0, len(data)
-    while offset < size:
-        if size - offset < _HEADER:
-            return None
-        kind, major = data[offset], data[offset + 1]
-        if not _CHANGE_CIPHER_SPEC <= kind <= _APPLICATION_DATA or major != 0xFE:
-            return None
-        length = data[offset + 11] << 8 | data[offset + 12]
-        if offset + _HEADER + length > size:
-            return None
-        found.append((kind, data[offset + 3] << 8 | data[offset + 4], offset))
-        offset += _HEADER + length
-    return found or None
-
-
-def _client_hello_random(data: bytes, records: list[tuple[int, int, int]]) -> bytes | None:
-    """The random of a datagram that opens with a ClientHello (epoch 0), else None."""
-    kind, epoch, _ = records[0]
-    if kind != _HANDSHAKE or epoch != 0 or len(data) < _RANDOM.stop or data[_HEADER] != 1:
-        return None
-    return data[_RANDOM]
-
-
-def _datagrams(data: bytes, mtu: int) -> Iterator[bytes]:
-    """Cut queued records into datagrams of at most ``mtu`` bytes, never splitting a record."""
-    start = offset = 0
-    size = len(data)
-    while offset < size:
-        if size - offset < _HEADER:
-            break
-        end = offset + _HEADER + (data[offset + 11] << 8 | data[offset + 12])
-        if end - start > mtu and offset > start:
-            yield data[start:offset]
-            start = offset
-        offset = end
-    if start < size:
-        yield data[start:]
-
-
-def _handshake_over(buffer: tls.TLSWrappedBuffer) -> bool:
-    # python-mbedtls offers no public "handshake done" test (do_handshake() afterwards raises
-    # ValueError); the state is readable, and typed in its stubs, as ``_handshake_state``.
-    # (Compared by name: the stubs type the HandshakeStep members as int.)
-    return buffer._handshake_state.name == "HANDSHAKE_OVER"
-
-
-def _progressed(buffer: tls.TLSWrappedBuffer) -> bool:
-    """True once the server answered a ClientHello with a ServerHello (its cookie was good)."""
-    return buffer._handshake_state.name not in ("HELLO_REQUEST", "CLIENT_HELLO")
-
-
-class _Session:
-    """One peer's DTLS state."""
-
-    __slots__ = ("address", "buffer", "deadline", "last_seen", "random", "sockaddr")
-
-    def __init__(
-        self,
-        address: DtlsAddress,
-        sockaddr: tuple[Any, ...],
-        buffer: tls.TLSWrappedBuffer,
-        random: bytes,
-        deadline: float,
-    ) -> None:
-        self.address = address
-        self.sockaddr = sockaddr
-        self.buffer = buffer
-        self.random = random  # the ClientHello random that opened it: tells a restart apart
-        self.deadline = deadline  # handshake must be over by then
-        self.last_seen = 0.0
-
-    def __repr__(self) -> str:
-        return f"<_Session {self.address} last_seen={self.last_seen:.1f}>"
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -227,17 +148,8 @@ class DtlsTransport(Transport):
         warn_interval: float = 10.0,
         name: str = "dtls",
     ) -> None:
-        if not psk:
-            raise ValueError("psk needs at least one identity -> key")
-        for identity, key in psk.items():
-            if not isinstance(identity, str) or not identity or len(identity.encode()) > 128:
-                raise ValueError(f"PSK identity {identity!r}: a string of 1..128 bytes")
-            if not isinstance(key, bytes | bytearray) or not 1 <= len(key) <= _MAX_PSK:
-                raise ValueError(f"PSK of {identity!r}: 1..{_MAX_PSK} bytes (a hex key: 32 digits)")
-        ciphers = tuple(ciphers)
-        unknown = sorted(set(ciphers) - set(tls.ciphers_available()))
-        if not ciphers or unknown:
-            raise ValueError(f"cipher suites not available in this Mbed TLS: {unknown}")
+        check_psk(psk)
+        ciphers = check_ciphers(ciphers)
         if not 0 < retransmit_timeout <= handshake_timeout:
             raise ValueError("need 0 < retransmit_timeout <= handshake_timeout")
         if max_peers < 1 or max_handshakes < 1:
@@ -278,22 +190,10 @@ class DtlsTransport(Transport):
             ),
             0,
         )
-        # The PSK mapping is held by Mbed TLS' configuration; keys are never logged.
-        self._context = tls.ServerContext(
-            tls.DTLSConfiguration(
-                pre_shared_key_store={k: bytes(v) for k, v in psk.items()},
-                ciphers=ciphers,
-                validate_certificates=False,
-                lowest_supported_version=tls.DTLSVersion.DTLSv1_2,
-                highest_supported_version=tls.DTLSVersion.DTLSv1_2,
-                anti_replay=True,
-                handshake_timeout_min=retransmit_timeout,
-                handshake_timeout_max=handshake_timeout,
-            )
-        )
+        self._context = server_context(psk, ciphers, retransmit_timeout, handshake_timeout)
         self._warnings = WarningLimiter(_LOGGER, warn_interval)
-        self._sessions: OrderedDict[tuple[str, int], _Session] = OrderedDict()  # LRU first
-        self._handshakes: dict[tuple[str, int], _Session] = {}
+        self._sessions: OrderedDict[tuple[str, int], DtlsSession] = OrderedDict()  # LRU first
+        self._handshakes: dict[tuple[str, int], DtlsSession] = {}
         self._deliver: FrameSink = _no_sink
         self._on_event: LinkEventSink | None = None
         self._endpoint: _Endpoint | None = None
@@ -415,12 +315,12 @@ class DtlsTransport(Transport):
             self.counters["rx_oversize"] += 1
             self._warn(key, "oversize", "%d-byte datagram", len(data))
             return
-        records = _records(data)
+        records = parse_records(data)
         if records is None:
             self.counters["rx_malformed"] += 1
             self._warn(key, "malformed", "not DTLS: %s", data[:_EXCERPT].hex(" "))
             return
-        random = _client_hello_random(data, records)
+        random = client_hello_random(data, records)
         session = self._handshakes.get(key) or self._sessions.get(key)
         if session is None:
             if random is None:
@@ -453,41 +353,43 @@ class DtlsTransport(Transport):
         buffer.setmtu(self.max_frame)
         buffer.receive_from_network(data)
         try:
-            self._handshake(buffer, addr)
+            run_handshake(buffer, lambda: self._flush(buffer, addr))
         except tls.HelloVerifyRequest:
             self.counters["hello_verify_requests"] += 1
             return
         except TLSError as exc:
             self._handshake_failed(key, exc)
             return
-        if not _progressed(buffer):
+        if not handshake_progressed(buffer):
             return  # an invalid hello Mbed TLS dropped silently
         address = DtlsAddress(*key)
-        session = _Session(address, addr, buffer, random, time.monotonic() + self.handshake_timeout)
+        session = DtlsSession(
+            address, addr, buffer, random, time.monotonic() + self.handshake_timeout
+        )
         session.last_seen = time.monotonic()
         self._handshakes[key] = session
         if self._tick_handle is None:
             self._tick_handle = asyncio.get_running_loop().call_later(_TICK, self._tick)
         _LOGGER.debug("%s: handshake with %s under way", self.name, address)
-        if _handshake_over(buffer):  # cannot happen with PSK, but harmless
+        if handshake_over(buffer):  # cannot happen with PSK, but harmless
             self._established(key, session)
 
-    def _advance(self, key: tuple[str, int], session: _Session, data: bytes | None) -> None:
+    def _advance(self, key: tuple[str, int], session: DtlsSession, data: bytes | None) -> None:
         """Feed a half-open handshake (``data`` None: only let its retransmission timer run)."""
         try:
             if data is not None:
                 session.buffer.receive_from_network(data)
-            self._handshake(session.buffer, session.sockaddr)
+            run_handshake(session.buffer, lambda: self._flush(session.buffer, session.sockaddr))
         except (TLSError, BufferError) as exc:  # no HelloVerifyRequest mid-handshake
             del self._handshakes[key]
             self._handshake_failed(key, exc)
             return
-        if _handshake_over(session.buffer):
+        if handshake_over(session.buffer):
             del self._handshakes[key]
             self._established(key, session)
             self._read(session, None, None)  # records that came with the last flight
 
-    def _established(self, key: tuple[str, int], session: _Session) -> None:
+    def _established(self, key: tuple[str, int], session: DtlsSession) -> None:
         old = self._sessions.pop(key, None)
         if old is not None:
             _LOGGER.info("%s: %s restarted: new DTLS session", self.name, session.address)
@@ -509,9 +411,7 @@ class DtlsTransport(Transport):
         )
         self._emit(session.address, LinkEvent.LINK_UP)
 
-    def _read(
-        self, session: _Session, data: bytes | None, records: list[tuple[int, int, int]] | None
-    ) -> None:
+    def _read(self, session: DtlsSession, data: bytes | None, records: Records | None) -> None:
         """Decrypt what ``data`` brought and deliver one frame per application record."""
         buffer = session.buffer
         if data is not None:
@@ -542,7 +442,7 @@ class DtlsTransport(Transport):
             self._deliver_frame(session.address, bytes(view[:size]))
         self._flush(buffer, session.sockaddr)  # e.g. our last flight again, for a lost Finished
         if records is not None:
-            sent = sum(1 for kind, _, _ in records if kind == _APPLICATION_DATA)
+            sent = application_records(records)
             if sent > delivered:
                 self.counters["rx_undecryptable"] += sent - delivered
                 self._warn(
@@ -571,24 +471,6 @@ class DtlsTransport(Transport):
 
     # -- handshake machinery -----------------------------------------------------------------
 
-    def _handshake(self, buffer: tls.TLSWrappedBuffer, addr: tuple[Any, ...]) -> None:
-        """Run handshake steps until Mbed TLS needs input; send what it queued."""
-        for _ in range(64):  # a handshake has ~10 steps; never spin on a confused library
-            if _handshake_over(buffer):
-                return
-            try:
-                buffer.do_handshake()
-            except tls.WantWriteError:
-                self._flush(buffer, addr)
-            except tls.WantReadError:
-                # An expired timer makes Mbed TLS resend its flight and return WantRead before
-                # looking at the input: after a resend, step once more to read it.
-                if not self._flush(buffer, addr):
-                    return
-            except TLSError:
-                self._flush(buffer, addr)  # a HelloVerifyRequest, or an alert to the peer
-                raise
-
     def _flush(self, buffer: tls.TLSWrappedBuffer, addr: tuple[Any, ...]) -> bool:
         """Send what Mbed TLS queued (records cut into datagrams); True if there was any."""
         data = buffer.peek_outgoing(_OUT_MAX)
@@ -598,7 +480,7 @@ class DtlsTransport(Transport):
         endpoint = self._endpoint
         if endpoint is None or endpoint.transport is None:
             return True
-        for datagram in _datagrams(data, self.max_frame):
+        for datagram in cut_datagrams(data, self.max_frame):
             try:
                 endpoint.transport.sendto(datagram, addr)
             except (OSError, ValueError) as exc:
@@ -633,7 +515,7 @@ class DtlsTransport(Transport):
             delay = _TICK if self._handshakes else min(_IDLE_TICK, self.idle_timeout or _IDLE_TICK)
             self._tick_handle = asyncio.get_running_loop().call_later(delay, self._tick)
 
-    def _drop(self, session: _Session) -> None:
+    def _drop(self, session: DtlsSession) -> None:
         """Forget an established session (after an error, idleness, or a peer's close)."""
         key = (session.address.host, session.address.port)
         if self._sessions.get(key) is session:
@@ -641,7 +523,7 @@ class DtlsTransport(Transport):
             self.counters["sessions_closed"] += 1
             self._emit(session.address, LinkEvent.LINK_DOWN)
 
-    def _shutdown(self, session: _Session) -> None:
+    def _shutdown(self, session: DtlsSession) -> None:
         """Send close_notify, best effort."""
         try:
             session.buffer.shutdown()

@@ -23,7 +23,7 @@ import serial_asyncio
 
 from transports.base import Address, FrameSink, LinkEvent, LinkEventSink, Transport
 from transports.framing import SlipCrcDeframer, StreamDeframer, slip_crc_encode
-from transports.udp import WarningLimiter
+from transports.warning_limiter import WarningLimiter
 
 __all__ = ["SerialAddress", "SerialTransport"]
 
