@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.protocol.codec import encode
 from gateway.protocol.messages import Publish
 from tests.integration.conftest import sim_node, wait_for
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 async def test_qos0_after_a_clean_reconnect_goes_to_the_topic_the_id_now_names(
-    mosquitto, start_gateway, observe, mode, unique_topic
+    mosquitto, start_gateway, observe, mode, unique_topic, protocol
 ):
-    """Topic ids start again at 1 after a clean CONNECT; the old id's route must not be used."""
-    gateway = await start_gateway(mosquitto, mode)
+    """Topic ids start again at 1 after a clean CONNECT; the old id's route must not be used.
+
+    Over both bridges: MQTT 5 (a publisher with pre-encoded topic bytes) and paho (the general
+    ``publish`` behind the route).
+    """
+    gateway = await start_gateway(mosquitto, mode, protocol=protocol)
     observer = await observe(mosquitto, f"{unique_topic}/#")
     async with sim_node(gateway, "route-node") as node:
         await node.connect()
