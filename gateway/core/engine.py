@@ -116,6 +116,7 @@ class GatewayCore(DeliveryMixin, ConnectMixin, UplinkMixin):
         self._aggregating = s.mode is Mode.AGGREGATING
         template = s.uplink_topic_template
         self._topic_template = None if template == "{topic}" else template  # None: as named
+        self._route_count = 0  # uplink routes made since the last full clear (uplink.py)
         self._reject_in_outage = s.outage_policy == "reject"
         # ClientIds whose kept state changed since the state file last took them (None: no
         # state file, nothing tracked). A QoS 0/-1 PUBLISH from a node never lands here.

@@ -52,7 +52,9 @@ _QOS_0 = QoS.AT_MOST_ONCE
 _QOS_MINUS_ONE = QoS.MINUS_ONE
 _QOS_2 = QoS.EXACTLY_ONCE
 _NORMAL = TopicIdType.NORMAL
-_MAX_ROUTES = 256  # cached QoS 0 routes per node (see qos0_route)
+# Cached QoS 0 routes (see qos0_route), ~750 bytes each: per node, and in all (~37 MB).
+_MAX_ROUTES = 64
+_MAX_ROUTES_TOTAL = 50_000
 _R = TypeVar("_R")
 
 
@@ -67,6 +69,7 @@ class UplinkMixin:
     access: AccessControl
     _aggregating: bool
     _topic_template: str | None
+    _route_count: int
     _reject_in_outage: bool
     dirty: set[str] | None
     broker_up: bool
@@ -190,6 +193,11 @@ class UplinkMixin:
         routes = session.registry.routes
         if len(routes) >= _MAX_ROUTES:
             routes.clear()  # bounded: a node trying many (short) topic ids
+        self._route_count += 1
+        if self._route_count > _MAX_ROUTES_TOTAL:  # and in all: made again as they are used
+            for other in self.sessions.values():
+                other.registry.routes.clear()
+            self._route_count = 1
         route = routes[key] = make(session.client_id, topic)
         return route
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.core.access import AccessPolicy, TopicRule
 from gateway.core.settings import CoreSettings
 from gateway.protocol.codec import encode
@@ -76,10 +78,17 @@ def test_sleep_and_an_address_taken_over_end_the_route() -> None:
     assert d.core.qos0_route(A1, _key(topic_id), 6.0) is None
 
 
-def test_routes_per_node_are_bounded() -> None:
+def test_routes_are_bounded_per_node_and_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
     d = Driver()
     d.connect(A1, "n1")
     for n in range(1, 1000):
         d.rx(A1, Register(0, n, f"t/{n}"))
         _route(d, A1, n, 1.0)
-    assert 0 < len(d.session("n1").registry.routes) <= 256
+    assert 0 < len(d.session("n1").registry.routes) <= 64
+    monkeypatch.setattr("gateway.core.uplink._MAX_ROUTES_TOTAL", 10)
+    d.connect(A2, "n2")
+    for n in range(1, 30):
+        d.rx(A2, Register(0, n, f"t/{n}"))
+        _route(d, A2, n, 1.0)
+    total = sum(len(s.registry.routes) for s in d.core.sessions.values())
+    assert 0 < total <= 10
