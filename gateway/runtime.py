@@ -194,21 +194,31 @@ class GatewayRuntime:
 
     def _on_frame(self, transport: Transport, address: Address, frame: bytes) -> None:
         if not self.observers:
-            # Hot paths (tests/bench/RESULTS.md). A QoS 0 PUBLISH on a route the core accepted
-            # before (same node, flags and topic id) goes to the bridge's publisher for that
-            # topic in two calls. Any other plain PUBLISH goes to the broker without a Publish
-            # or an action list. Anything else, including every refusal, takes the general
-            # path below.
-            if (
-                6 < len(frame) == frame[0]
-                and frame[1] == 0x0C  # PUBLISH
-                and not frame[2] & 0x70  # QoS 0, no retain
-                and frame.__class__ is bytes
-            ):
-                publish = self.core.qos0_route(address, frame[1:5], self._time())
-                if publish is not None:
-                    publish(frame[7:])
-                    return
+            # Hot paths (tests/bench/RESULTS.md). A QoS 0 or 1 PUBLISH on a route the core
+            # accepted before (same node, flags and topic id) goes to the bridge's publisher for
+            # that topic in two calls. Any other plain PUBLISH goes to the broker without a
+            # Publish or an action list. Anything else, including every refusal, takes the
+            # general path below.
+            if 6 < len(frame) == frame[0] and frame[1] == 0x0C and frame.__class__ is bytes:
+                flags = frame[2] & 0x70  # QoS and retain
+                if not flags:
+                    publish = self.core.qos0_route(address, frame[1:5], self._time())
+                    if publish is not None:
+                        publish(frame[7:])
+                        return
+                elif flags == 0x20:  # QoS 1, no retain
+                    hit = self.core.qos1_route(
+                        address, frame[1:5], frame[5] << 8 | frame[6], self._time()
+                    )
+                    if hit is not None:
+                        (publish_qos1, client_id, topic), token = hit
+                        payload = frame[7:]
+                        publish_qos1(payload, token)
+                        if self.store is not None:  # kept until the broker has it
+                            self.store.outbox_add(
+                                PublishUpstream(client_id, topic, payload, 1, False, token)
+                            )
+                        return
             fields = peek_publish(frame)
             if fields is not None:
                 if fields[0] is _QOS_0 and not fields[2]:
@@ -230,6 +240,14 @@ class GatewayRuntime:
                     )
                     if a.token is not None and self.store is not None:
                         self.store.outbox_add(a)  # QoS 1/2: kept until the broker has it
+                    if a.qos == 1 and not a.retain:  # the next ones take the route
+                        self.core.add_qos1_route(
+                            address,
+                            frame[1:5],
+                            fields[1],
+                            fields[3],
+                            self._upstream.qos1_publisher,  # type: ignore[union-attr]
+                        )
                     return
         try:
             message = decode(frame)

@@ -118,6 +118,10 @@ class AggregatingUpstream(Upstream):
         """The shared connection's QoS 0 publisher for ``topic``, with the node's property."""
         return self._require().qos0_publisher(topic, self._props_of(client_id))
 
+    def qos1_publisher(self, client_id: str | None, topic: str) -> Callable[[bytes, int], None]:
+        """The shared connection's QoS 1 publisher for ``topic``, with the node's property."""
+        return self._require().qos1_publisher(topic, self._props_of(client_id))
+
     def _props_of(self, client_id: str | None) -> Props | None:
         """The user property naming the node (MQTT 5 with ``client-id-property``), or None."""
         if client_id is None or self._property is None:

@@ -113,6 +113,15 @@ class Upstream(ABC):
         """
         return functools.partial(self.publish, client_id, topic, qos=0, retain=False)
 
+    def qos1_publisher(self, client_id: str | None, topic: str) -> Callable[[bytes, int], None]:
+        """As ``publisher``, at QoS 1: called ``(payload, token)``; outcomes as ``publish``."""
+        publish = self.publish
+
+        def publish_qos1(payload: bytes, token: int) -> None:
+            publish(client_id, topic, payload, 1, False, token)
+
+        return publish_qos1
+
     @abstractmethod
     def subscribe(self, client_id: str | None, topic_filter: str, qos: int) -> None:
         """Subscribe; in aggregating mode repeated filters are reference-counted."""

@@ -357,6 +357,15 @@ class BrokerConnection(ConnectLoopMixin, ABC):
         """A function that publishes a payload to ``topic`` at QoS 0, no retain (hot path)."""
         return functools.partial(self.publish, topic, qos=0, retain=False, token=None, props=props)
 
+    def qos1_publisher(self, topic: str, props: Props | None) -> Callable[[bytes, int], None]:
+        """A function that publishes ``(payload, token)`` to ``topic`` at QoS 1, no retain."""
+        publish = self.publish
+
+        def publish_qos1(payload: bytes, token: int) -> None:
+            publish(topic, payload, 1, False, token, props)
+
+        return publish_qos1
+
     def _pump(self) -> None:
         """Move outbox entries to the wire while the quota allows, in order."""
         outbox = self._outbox

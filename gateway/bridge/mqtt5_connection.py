@@ -298,6 +298,56 @@ class Mqtt5Connection(BrokerConnection, Mqtt5IncomingMixin, asyncio.Protocol):
 
         return publish_qos0
 
+    def qos1_publisher(self, topic: str, props: Props | None) -> Callable[[bytes, int], None]:
+        """As ``qos0_publisher``, at QoS 1: a packet id, the in-flight entry, then the write.
+
+        What ``publish`` and ``_send_publish`` do for a QoS 1 PUBLISH that can go on the wire
+        now (connected, nothing waiting in the outbox, within the broker's Receive Maximum);
+        anything else is handed to ``publish``.
+        """
+        key = (topic, *props) if props else topic
+        try:
+            name, properties, _ = self._middles.get(key) or self._middle(key, topic, props)
+        except (ValueError, TypeError, IndexError):
+            return super().qos1_publisher(topic, props)  # publish() logs and reports it
+        fixed_size = len(name) + 2 + len(properties)
+        general = self.publish
+        first = _PUBLISH_BYTE[1][False]
+
+        def publish_qos1(payload: bytes, token: int) -> None:
+            if (
+                not self._up
+                or self._outbox
+                or self._on_wire >= self._quota
+                or self._paused
+                or self._resend
+                or self._max_qos < 1
+            ):
+                general(topic, payload, 1, False, token, props)
+                return
+            pid = self._allocate_id()
+            size = fixed_size + len(payload)
+            packet = b"".join(
+                (
+                    first,
+                    _ONE_BYTE_LENGTH[size] if size < 128 else _varint(size),
+                    name,
+                    pid.to_bytes(2, "big"),
+                    properties,
+                    payload,
+                )
+            )
+            if self._max_packet is not None and len(packet) > self._max_packet:
+                general(topic, payload, 1, False, token, props)  # says so, reports it failed
+                return
+            self._inflight[pid] = _Pending(token, packet)
+            self._on_wire += 1
+            self._wbuf.append(packet)
+            if self._flush_handle is None:
+                self._flush_handle = self._loop_or_raise().call_soon(self._flush)
+
+        return publish_qos1
+
     def _send_publish(
         self,
         topic: str,

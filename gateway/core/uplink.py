@@ -190,6 +190,55 @@ class UplinkMixin:
             return None
         session, topic = found
         session.last_rx = now
+        route = make(session.client_id, topic)
+        self._cache_route(session, key, route)
+        return route
+
+    def qos1_route(self, address: Hashable, key: bytes, msg_id: int, now: float) -> Any:
+        """``(route, token)`` for a QoS 1 PUBLISH on a cached route, or None: the hot path.
+
+        As ``qos0_route``, and then what ``publish_fields`` does for QoS 1: a MsgId not in
+        flight, within the bound, no outage refusal; the pending entry and its token. None
+        changes nothing: the caller takes the general path, which answers every other case.
+        """
+        client_id = self.by_address.get(address)
+        if client_id is None:
+            return None
+        session = self.sessions.get(client_id)
+        if session is None or session.state not in _CONNECTED:
+            return None
+        route = session.registry.routes.get(key)
+        if route is None:
+            return None
+        uplink = session.uplink
+        if msg_id in uplink or len(uplink) >= _MAX_UPLINK_PENDING:
+            return None
+        if self._reject_in_outage and not self.broker_up:
+            return None
+        session.last_rx = now
+        token = self._new_token(client_id, msg_id)
+        uplink[msg_id] = UplinkPending(msg_id, key[2] << 8 | key[3], 1, token=token)
+        return route, token
+
+    def add_qos1_route(
+        self,
+        address: Hashable,
+        key: bytes,
+        topic_id_type: TopicIdType,
+        topic_id: int,
+        make: Callable[[str, str], _R],
+    ) -> None:
+        """After ``publish_fields`` accepted a QoS 1 PUBLISH (no retain): cache its route.
+
+        The route is ``(make(client_id, topic), client_id, topic)``; ``qos1_route`` takes it.
+        """
+        found = self._uplink_topic_of(address, topic_id_type, topic_id)
+        if found is not None:
+            session, topic = found
+            client_id = session.client_id
+            self._cache_route(session, key, (make(client_id, topic), client_id, topic))
+
+    def _cache_route(self, session: ClientSession, key: bytes, route: Any) -> None:
         routes = session.registry.routes
         if len(routes) >= _MAX_ROUTES:
             routes.clear()  # bounded: a node trying many (short) topic ids
@@ -198,8 +247,7 @@ class UplinkMixin:
             for other in self.sessions.values():
                 other.registry.routes.clear()
             self._route_count = 1
-        route = routes[key] = make(session.client_id, topic)
-        return route
+        routes[key] = route
 
     def _uplink_topic_of(
         self, address: Hashable, topic_id_type: TopicIdType, topic_id: int

@@ -156,6 +156,47 @@ async def test_qos0_publisher_is_the_codecs_byte_for_byte(
     assert connection._wbuf == [] and connection.stats.dropped_qos0 == 1
 
 
+@pytest.mark.parametrize("size", [0, 32, 127 - 40, 200, 20_000])
+@pytest.mark.parametrize("props", [None, [("mqttsn-client-id", "node-7")]])
+async def test_qos1_publisher_is_the_codecs_byte_for_byte(
+    size: int, props: list[tuple[str, str]] | None
+) -> None:
+    """The QoS 1 route's publisher: packet id, in-flight entry and bytes as the general path."""
+    connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", _Handler())
+    connection._up = True
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    publish = connection.qos1_publisher("sensors/é/t", props)
+    publish(payload, 41)
+    publish(payload, 42)
+    pids = sorted(connection._inflight)
+    assert [connection._inflight[pid].token for pid in pids] == [41, 42]
+    assert connection._wbuf == [
+        mqtt5.PublishPacket(
+            "sensors/é/t", payload, qos=mqtt5.QoS(1), packet_id=pid, user_properties=props
+        ).write()
+        for pid in pids
+    ]
+    assert connection._on_wire == 2
+
+
+async def test_qos1_publisher_hands_what_cannot_go_now_to_publish() -> None:
+    """Outside the broker's Receive Maximum, or down: the outbox, in order, as publish() does."""
+    connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", _Handler())
+    connection._up = True
+    connection._quota = 1
+    publish = connection.qos1_publisher("a/b", None)
+    publish(b"1", 1)
+    publish(b"2", 2)  # over the quota: waits in the outbox
+    publish(b"3", 3)  # behind it, even if the quota frees up
+    assert connection.outbox_size == 2 and len(connection._wbuf) == 1
+    connection._quota = 10
+    publish(b"4", 4)
+    assert [entry[4] for entry in connection._outbox] == [2, 3, 4]
+    connection._up = False
+    publish(b"5", 5)
+    assert connection.outbox_size == 4
+
+
 async def test_qos0_publisher_to_an_invalid_topic_reports_as_publish_does() -> None:
     """A topic the codec refuses gets the general publisher: nothing is framed or cached."""
     connection = Mqtt5Connection(parse_broker_url("mqtt://b"), "c", _Handler())

@@ -7,8 +7,8 @@ import pytest
 from gateway.core.access import AccessPolicy, TopicRule
 from gateway.core.settings import CoreSettings
 from gateway.protocol.codec import encode
-from gateway.protocol.constants import TopicIdType
-from gateway.protocol.messages import Disconnect, Publish, Regack, Register
+from gateway.protocol.constants import QoS, ReturnCode, TopicIdType
+from gateway.protocol.messages import Disconnect, Puback, Publish, Regack, Register
 from tests.core.helpers import A1, A2, Driver, frames
 
 NORMAL = TopicIdType.NORMAL
@@ -92,3 +92,42 @@ def test_routes_are_bounded_per_node_and_in_all(monkeypatch: pytest.MonkeyPatch)
         _route(d, A2, n, 1.0)
     total = sum(len(s.registry.routes) for s in d.core.sessions.values())
     assert 0 < total <= 10
+
+
+def _key1(topic_id: int) -> bytes:
+    """MsgType, Flags and TopicId of a QoS 1 PUBLISH."""
+    return encode(Publish(topic_id, b"v", QoS.AT_LEAST_ONCE, 1))[1:5]
+
+
+def _route1(d: Driver, address: object, topic_id: int) -> None:
+    d.core.add_qos1_route(address, _key1(topic_id), NORMAL, topic_id, lambda c, t: ("pub", c, t))
+
+
+def test_a_qos1_route_takes_the_message_as_publish_fields_does() -> None:
+    """A hit makes the pending entry and token; the broker's ack then answers the node."""
+    d = Driver()
+    topic_id = _registered(d, A1, "n1", "a/b")
+    assert d.core.qos1_route(A1, _key1(topic_id), 7, 1.0) is None  # no route yet
+    _route1(d, A1, topic_id)
+    route, token = d.core.qos1_route(A1, _key1(topic_id), 7, 2.0)
+    assert route == (("pub", "n1", "a/b"), "n1", "a/b")
+    assert d.session("n1").uplink[7].topic_id == topic_id
+    assert d.session("n1").last_rx == 2.0
+    assert frames(d.done(token)) == [Puback(topic_id, 7, ReturnCode.ACCEPTED)]
+
+
+def test_a_qos1_route_leaves_every_other_case_to_the_general_path() -> None:
+    """A MsgId in flight (a retransmission), the bound, an outage refusal: None, nothing done."""
+    d = Driver(CoreSettings(outage_policy="reject"))
+    d.core.on_broker_state(True, 0.0)
+    topic_id = _registered(d, A1, "n1", "a/b")
+    _route1(d, A1, topic_id)
+    assert d.core.qos1_route(A1, _key1(topic_id), 7, 1.0) is not None
+    assert d.core.qos1_route(A1, _key1(topic_id), 7, 1.0) is None  # in flight: answered there
+    for msg_id in range(8, 8 + 40):
+        d.core.qos1_route(A1, _key1(topic_id), msg_id, 1.0)
+    assert len(d.session("n1").uplink) == 32  # the bound publish_fields keeps
+    d.core.on_broker_state(False, 2.0)
+    d.session("n1").uplink.clear()
+    assert d.core.qos1_route(A1, _key1(topic_id), 99, 2.0) is None  # refused while away
+    assert d.session("n1").uplink == {}

@@ -9,14 +9,15 @@ from gateway.protocol.messages import Publish
 from tests.integration.conftest import sim_node, wait_for
 
 
+@pytest.mark.parametrize("qos", [0, 1])
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-async def test_qos0_after_a_clean_reconnect_goes_to_the_topic_the_id_now_names(
-    mosquitto, start_gateway, observe, mode, unique_topic, protocol
+async def test_after_a_clean_reconnect_a_publish_goes_to_the_topic_the_id_now_names(
+    mosquitto, start_gateway, observe, mode, unique_topic, protocol, qos
 ):
     """Topic ids start again at 1 after a clean CONNECT; the old id's route must not be used.
 
     Over both bridges: MQTT 5 (a publisher with pre-encoded topic bytes) and paho (the general
-    ``publish`` behind the route).
+    ``publish`` behind the route); QoS 1 returns only once the PUBACK came back.
     """
     gateway = await start_gateway(mosquitto, mode, protocol=protocol)
     observer = await observe(mosquitto, f"{unique_topic}/#")
@@ -24,12 +25,12 @@ async def test_qos0_after_a_clean_reconnect_goes_to_the_topic_the_id_now_names(
         await node.connect()
         old_id = await node.register(f"{unique_topic}/old")
         for n in range(3):  # the first makes the route, the others take it
-            await node.publish(f"{unique_topic}/old", f"old {n}".encode())
+            await node.publish(f"{unique_topic}/old", f"old {n}".encode(), qos=qos)
         assert await observer.wait_count(f"{unique_topic}/old", 3) == [b"old 0", b"old 1", b"old 2"]
         await node.disconnect()
         await node.connect(clean_session=True)
         assert await node.register(f"{unique_topic}/new") == old_id
-        await node.publish(f"{unique_topic}/new", b"new")
+        await node.publish(f"{unique_topic}/new", b"new", qos=qos)
         assert await observer.wait_count(f"{unique_topic}/new", 1) == [b"new"]
     assert observer.payloads(f"{unique_topic}/old") == [b"old 0", b"old 1", b"old 2"]
 
