@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pytest
 
+from tests.transports.net_helpers import have_ipv6_loopback
 from transports import udp_endpoints
 from transports.udp_endpoints import sockaddr_bytes, sockaddr_tuple
 
@@ -61,16 +62,6 @@ def wait_readable(sock: socket.socket) -> None:
     """Block (2 s at most) until ``sock`` has something to read."""
     ready, _, _ = select.select([sock], [], [], 2.0)
     assert ready, "nothing arrived"
-
-
-def have_ipv6_loopback() -> bool:
-    """True when ::1 can be bound here."""
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 def test_extension_is_built_where_it_can_be() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import transports
+from tests.transports.net_helpers import have_ipv6_loopback
 from transports import udp, udp_endpoints
 from transports.base import Address, UdpAddress
 from transports.udp import UdpTransport, WarningLimiter
@@ -92,16 +93,6 @@ def group_sender() -> socket.socket:
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
     return sock
-
-
-def have_ipv6_loopback() -> bool:
-    """True when ::1 can be bound here."""
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture(params=["recvmmsg", "recvfrom"])
