@@ -199,8 +199,10 @@ class GatewayRuntime:
             # that topic in two calls. Any other plain PUBLISH goes to the broker without a
             # Publish or an action list. Anything else, including every refusal, takes the
             # general path below.
+            # PUBLISH: Length, MsgType 0x0C, Flags, TopicId, MsgId, Data [§5.4.12]; a route is
+            # keyed by MsgType, Flags and TopicId, so the same Flags mean the same checks.
             if 6 < len(frame) == frame[0] and frame[1] == 0x0C and frame.__class__ is bytes:
-                flags = frame[2] & 0x70  # QoS and retain
+                flags = frame[2] & 0x70  # QoS (0x60) and Retain (0x10) [§5.3.4]
                 if not flags:
                     publish = self.core.qos0_route(address, frame[1:5], self._time())
                     if publish is not None:

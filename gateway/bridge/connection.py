@@ -344,11 +344,13 @@ class BrokerConnection(ConnectLoopMixin, ABC):
         now = time.monotonic()
         if now - self._drop_warned_at >= _DROP_WARN_INTERVAL:
             _LOGGER.warning(
-                "%s: dropped %d QoS 0 PUBLISH(es) since the last report: broker %s %s",
+                "%s: dropped %d QoS 0 PUBLISH(es) since the last report: broker %s %s (QoS 0 is "
+                "never held; publish at QoS 1 what must arrive, and %s)",
                 self.client_id,
                 stats.dropped_qos0 - self._drops_reported,
                 self.settings.url,
                 "not taking writes fast enough" if self._up else "not connected",
+                "check the broker's load" if self._up else "see the connection log above",
             )
             self._drop_warned_at = now
             self._drops_reported = stats.dropped_qos0

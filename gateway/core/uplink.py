@@ -155,7 +155,8 @@ class UplinkMixin:
 
         ``key`` is the frame's MsgType, Flags and TopicId bytes. A route is what
         ``add_qos0_route`` made when the core accepted such a PUBLISH before; a hit is the same
-        decision as ``publish_fields`` makes for QoS 0, with the same effect (``last_rx``):
+        decision as ``publish_fields`` makes for QoS 0, with the same effect (``last_rx``: any
+        message restarts the keep-alive timer [§6.11]):
         the session is looked up and must be connected, and its topic table drops its routes
         on every change (the access rules and the topic template are fixed at start).
         """
@@ -198,7 +199,8 @@ class UplinkMixin:
         """``(route, token)`` for a QoS 1 PUBLISH on a cached route, or None: the hot path.
 
         As ``qos0_route``, and then what ``publish_fields`` does for QoS 1: a MsgId not in
-        flight, within the bound, no outage refusal; the pending entry and its token. None
+        flight (else a retransmission, answered there, never published twice [§6.13]), within
+        the bound, no outage refusal; the pending entry and its token. None
         changes nothing: the caller takes the general path, which answers every other case.
         """
         # The lookup is written out as in qos0_route, not shared: a call and a tuple less per
